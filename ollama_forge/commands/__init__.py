@@ -1,0 +1,28 @@
+"""The table of ``forge`` subcommands.
+
+Each built command is a module here with ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``; the module
+imports nothing heavy at top level (``forge --help`` stays instant). A command whose issue has not landed yet is
+listed with that issue's number, so ``forge X`` says what brings it.
+"""
+
+from __future__ import annotations
+
+# name -> (module or None, one-line help, issue that brings it)
+COMMANDS: dict[str, tuple[str | None, str, int]] = {
+    "data": ("ollama_forge.commands.data", "check and inspect training data (formats, validation, token lengths)", 2),
+    "formats": (None, "list chat formats, or show one (Jinja, Ollama TEMPLATE, stops)", 3),
+    "modelfile": (None, "write an Ollama Modelfile for a GGUF from its chat format", 3),
+    "convert": (None, "convert an HF model directory to GGUF (f16/bf16/f32/q8_0)", 4),
+    "quantize": (None, "quantize a GGUF with llama.cpp (Q4_K_M by default)", 4),
+    "train": (None, "fine-tune with LoRA or QLoRA (SFT, then optional DPO)", 5),
+    "merge": (None, "merge a LoRA adapter into its full-precision base, streaming", 6),
+    "export": (None, "merge and convert straight to GGUF in one streaming pass", 6),
+    "export-adapter": (None, "export a LoRA adapter as a GGUF adapter (llama.cpp --lora, Ollama ADAPTER)", 6),
+    "push": (None, "register a model with Ollama (upload, create, verify)", 7),
+    "chat": (None, "chat with one model, or two side by side", 7),
+    "models": (None, "list Ollama models made by forge, with lineage", 7),
+    "eval": (None, "evaluate models on held-out prompts; fidelity gate over every export hop", 8),
+    "run": (None, "run the whole chain from a recipe, cached and resumable", 9),
+    "demo": (None, "offline demo of the whole chain on a tiny model (CPU)", 9),
+    "tui": (None, "open the terminal UI", 10),
+}
