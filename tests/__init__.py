@@ -1,0 +1,1 @@
+"""ollama-forge tests (a package so tests and bench scripts can import tests.fixtures)."""

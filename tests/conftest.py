@@ -1,0 +1,50 @@
+"""Shared pytest fixtures for the ollama-forge test suite.
+
+Keep this file to fixtures several test files share; one test file's helpers live in that file.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def fixture_cache_root() -> Path:
+    """Where tiny models are cached between runs: $FORGE_FIXTURE_CACHE, else <repo>/.cache/fixtures (gitignored)."""
+    env = os.environ.get("FORGE_FIXTURE_CACHE")
+    return Path(env).expanduser() if env else REPO_ROOT / ".cache" / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_root() -> Path:
+    """The cache folder `tiny_model` builds into."""
+    return fixture_cache_root()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_model_root: Path) -> Callable[[str], Path]:
+    """Factory: ``tiny_model("qwen2") -> Path`` to a saved tiny HF model directory (built on first request).
+
+    Families: tests.fixtures.tiny_models.FAMILY_NAMES ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3",
+    "phi3", and the 256-aligned "llama-q", "qwen2-q" for quantization). A fixture is built once per definition and
+    reused across sessions; a cold build of all of them takes a few seconds. Treat the directory as read-only:
+    copy it (shutil.copytree) before changing anything in it.
+    """
+    from tests.fixtures.tiny_models import build
+
+    built: dict[str, Path] = {}
+    lock = threading.Lock()  # build() is process-safe by itself; this only avoids re-hashing per call
+
+    def factory(family: str) -> Path:
+        with lock:
+            if family not in built:
+                built[family] = build(family, tiny_model_root)
+            return built[family]
+
+    return factory
