@@ -84,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"forge {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `forge formats | head`: the reader left; say nothing more
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except Exception as e:  # a bug, or an error from a library we did not translate: still one line.
         if args.debug or os.environ.get("FORGE_DEBUG"):
             raise

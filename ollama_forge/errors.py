@@ -18,6 +18,9 @@ class ForgeError(Exception):
         self.message = message
         self.hint = hint
 
+    def __str__(self) -> str:
+        return self.one_line()
+
     def one_line(self) -> str:
         text = " ".join(self.message.split("\n"))
         if self.hint:

@@ -48,3 +48,15 @@ def tiny_model(tiny_model_root: Path) -> Callable[[str], Path]:
             return built[family]
 
     return factory
+
+
+@pytest.fixture(autouse=True)
+def _forge_logger_state():
+    """cli.main() gives the 'ollama_forge' logger its own stderr handler and stops propagation; a test that runs
+    main() in-process would otherwise hide every later test's log records from caplog."""
+    import logging
+
+    lg = logging.getLogger("ollama_forge")
+    saved = (lg.handlers[:], lg.propagate, lg.level)
+    yield
+    lg.handlers[:], lg.propagate, lg.level = saved

@@ -10,8 +10,8 @@ from __future__ import annotations
 # name -> (module or None, one-line help, issue that brings it)
 COMMANDS: dict[str, tuple[str | None, str, int]] = {
     "data": ("ollama_forge.commands.data", "check and inspect training data (formats, validation, token lengths)", 2),
-    "formats": (None, "list chat formats, or show one (Jinja, Ollama TEMPLATE, stops)", 3),
-    "modelfile": (None, "write an Ollama Modelfile for a GGUF from its chat format", 3),
+    "formats": ("ollama_forge.commands.formats", "list chat formats, or show one (Jinja, Ollama TEMPLATE, stops)", 3),
+    "modelfile": ("ollama_forge.commands.modelfile", "write an Ollama Modelfile for a GGUF from its chat format", 3),
     "convert": (None, "convert an HF model directory to GGUF (f16/bf16/f32/q8_0)", 4),
     "quantize": (None, "quantize a GGUF with llama.cpp (Q4_K_M by default)", 4),
     "train": (None, "fine-tune with LoRA or QLoRA (SFT, then optional DPO)", 5),

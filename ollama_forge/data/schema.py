@@ -14,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from ..formats import normalize_conversation  # one implementation of Ollama's message shaping
+
 FORMATS = ("messages", "prompt-completion", "alpaca", "text", "preference")
 ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system",
@@ -77,21 +79,6 @@ def _text(value: Any, field: str, *, allow_empty: bool = False) -> str:
     if not allow_empty and not value.strip():
         raise Invalid(field, "empty")
     return value
-
-
-def normalize_conversation(messages: list[dict[str, str]]) -> list[dict[str, str]]:
-    """Shape a conversation as Ollama shapes ``.Messages`` and ``.System``: system turns gathered to the front and
-    joined with a blank line, then consecutive same-role turns merged with a blank line."""
-    system = [m["content"] for m in messages if m["role"] == "system"]
-    out: list[dict[str, str]] = [{"role": "system", "content": "\n\n".join(system)}] if system else []
-    for m in messages:
-        if m["role"] == "system":
-            continue
-        if out and out[-1]["role"] == m["role"]:
-            out[-1] = {"role": m["role"], "content": out[-1]["content"] + "\n\n" + m["content"]}
-        else:
-            out.append({"role": m["role"], "content": m["content"]})
-    return out
 
 
 def _conversation(value: Any, field: str, *, need_assistant_last: bool = True, sharegpt: bool = False
