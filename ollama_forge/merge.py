@@ -309,6 +309,15 @@ def merge_adapter(adapter_dir: str | os.PathLike, base_dir: str | os.PathLike, o
                        out_dtype or "as base", quantized_base)
 
 
+def adapter_meta(adapter_dir: str | os.PathLike) -> dict[str, Any]:
+    """What training recorded beside the adapter (forge_adapter.json): method, base, chat format, ..."""
+    p = Path(adapter_dir) / "forge_adapter.json"
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
 def resolve_run(run_dir: str | os.PathLike) -> tuple[Path, str, bool]:
     """(adapter dir, base model reference, trained on a 4-bit base?) of a run directory."""
     import yaml
@@ -321,7 +330,8 @@ def resolve_run(run_dir: str | os.PathLike) -> tuple[Path, str, bool]:
     if not rec.is_file():
         raise ForgeError(f"{run}: no recipe.resolved.yaml", "pass --base MODEL to say which base to merge into")
     data = yaml.safe_load(rec.read_text(encoding="utf-8")) or {}
-    return adapter, str(data.get("base_model") or ""), (data.get("train") or {}).get("method") == "qlora"
+    method = adapter_meta(adapter).get("method") or (data.get("train") or {}).get("method")
+    return adapter, str(data.get("base_model") or ""), method == "qlora"
 
 
 def local_model_dir(ref: str, revision: str | None = None) -> Path:
@@ -344,3 +354,74 @@ def local_model_dir(ref: str, revision: str | None = None) -> Path:
         hint = "log in with `hf auth login` and accept the model's licence" if any(
             c in msg for c in ("401", "403", "gated")) else "check the id and your network, or pass a local directory"
         raise ForgeError(f"{ref}: cannot fetch the base model ({msg})", hint) from None
+
+
+def _overlay(base_dir: Path, adapter_dir: Path, into: Path) -> Path:
+    """A model directory that reads the base's weights (symlinked) with the training tokenizer and chat template."""
+    into.mkdir(parents=True)
+    for f in base_dir.iterdir():
+        if f.suffix == ".safetensors" or f.name == "model.safetensors.index.json":
+            (into / f.name).symlink_to(f.resolve())
+        elif f.name in MODEL_SIDE_FILES and f.is_file():
+            shutil.copy2(f, into / f.name)
+    tok_src = adapter_dir if (adapter_dir / "tokenizer_config.json").is_file() else base_dir
+    for fname in TOKENIZER_FILES:
+        src = tok_src / fname if (tok_src / fname).is_file() else base_dir / fname
+        if src.is_file():
+            shutil.copy2(src, into / fname)
+    return into
+
+
+@dataclasses.dataclass
+class ExportReport:
+    output: Path
+    merged_modules: int
+    seconds: float
+    one_pass: bool
+    convert: Any  # gguf.convert.ConvertReport
+
+
+def export_gguf(adapter_dir: str | os.PathLike, base_dir: str | os.PathLike, output: str | os.PathLike, *,
+                outtype: str = "f16", quantized_base: bool = False, sink: Sink | None = None) -> ExportReport:
+    """Merge the adapter and convert to GGUF in one streaming pass: merged tensors go straight into the GGUF
+    writer, and no merged safetensors copy is written. Adapters that carry full tensors (a grown vocabulary) take
+    the two-step path (merge to a temporary directory, convert, delete)."""
+    import tempfile
+
+    import torch
+
+    from .gguf.convert import ConvertConfig, convert_hf_to_gguf, index_safetensors
+
+    t0 = time.time()
+    _fixed_mmap_threshold()
+    adapter_dir, base_dir, output = Path(adapter_dir), Path(base_dir), Path(output)
+    config = json.loads((base_dir / "config.json").read_text(encoding="utf-8")) if \
+        (base_dir / "config.json").is_file() else {}
+    adapter = load_adapter(adapter_dir)
+    _check_coverage(base_dir, adapter, config)
+    if quantized_base:
+        choice("merge_base", "full-precision", "adapter was trained with QLoRA on 4-bit NF4 weights; merging into "
+               "4-bit weights would bake in quantization error, so it is merged into the original weights",
+               sink, "export")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".forge-export-", dir=output.parent) as tmp:
+        if adapter.replace:
+            choice("export_path", "two-step", f"the adapter carries {len(adapter.replace)} full tensor(s) "
+                   "(e.g. a grown vocabulary), which change tensor shapes: merged to a temporary directory first",
+                   sink, "export")
+            merged = Path(tmp) / "merged"
+            merge_adapter(adapter_dir, base_dir, merged, quantized_base=quantized_base, sink=sink)
+            rep = convert_hf_to_gguf(merged, output, ConvertConfig(outtype=outtype), sink)
+            return ExportReport(output, len(adapter.lora), time.time() - t0, False, rep)
+        overlay = _overlay(base_dir, adapter_dir, Path(tmp) / "model")
+        by_name = {t.name: t for t in index_safetensors(base_dir)}
+
+        def merged_fn(module: str):
+            def fn():
+                w = _read_tensor(by_name[f"{module}.weight"], torch)
+                return (w.float() + delta_for(adapter, module)).numpy()
+            return fn
+
+        override = {f"{m}.weight": merged_fn(m) for m in adapter.lora}
+        rep = convert_hf_to_gguf(overlay, output, ConvertConfig(outtype=outtype), sink, tensor_override=override)
+    return ExportReport(output, len(adapter.lora), time.time() - t0, True, rep)

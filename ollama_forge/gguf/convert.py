@@ -199,6 +199,9 @@ class Ctx:
     arch: archs.Arch
     pool: Any = None  # ThreadPoolExecutor converting parts of a chunk at once
     workers: int = 1
+    # HF tensor name -> function returning that tensor as float32 numpy, used instead of the checkpoint's bytes
+    # (a LoRA merge done on the fly by `forge export`: the merged model is never written as safetensors).
+    override: dict[str, Callable[[], Any]] = dataclasses.field(default_factory=dict)
 
 
 def _permute(w, n_head: int):
@@ -455,10 +458,10 @@ class _Piece:
     span: tuple[int, int] | None = None  # mapped bytes to drop once written
 
 
-def _piece_plan(planned: list[Planned], chunk_bytes: int) -> Iterator[_Piece]:
+def _piece_plan(planned: list[Planned], chunk_bytes: int, override: dict[str, Any]) -> Iterator[_Piece]:
     for i, p in enumerate(planned):
         t = p.source
-        if p.data is not None or t is None or p.ops or len(t.shape) < 2:
+        if p.data is not None or t is None or p.ops or len(t.shape) < 2 or t.name in override:
             yield _Piece(i, p)
             continue
         rows = t.shape[0]
@@ -475,6 +478,13 @@ def _whole_tensor(raw, dtype: str, ops: tuple[str, ...], ctx: Ctx, qtype, where:
     return _encode(x, qtype, where)
 
 
+def _whole_override(fn: Callable[[], Any], ops: tuple[str, ...], ctx: Ctx, qtype, where: str):
+    x = fn()
+    for op in ops:
+        x = TRANSFORMS[op](x, ctx)
+    return _encode(x, qtype, where)
+
+
 def _start_piece(piece: _Piece, src: _Mapped, ctx: Ctx) -> _Piece:
     """Submit the conversion of one piece to the worker threads (views of the mapping are taken here)."""
     p, t = piece.planned, piece.planned.source
@@ -484,6 +494,9 @@ def _start_piece(piece: _Piece, src: _Mapped, ctx: Ctx) -> _Piece:
         return piece
     assert t is not None
     where = f"{t.file.name}: tensor {t.name}"
+    if t.name in ctx.override:
+        piece.parts = [run(_whole_override, ctx.override[t.name], p.ops, ctx, p.qtype, where)]
+        return piece
     if piece.r0 is None:
         raw, piece.span = src.view(t, 0, t.shape[0] if t.shape else 1)
         piece.parts = [run(_whole_tensor, raw, t.dtype, p.ops, ctx, p.qtype, where)]
@@ -503,7 +516,7 @@ def _write_tensors(f, planned: list[Planned], src: _Mapped, ctx: Ctx, chunk_byte
                    sink: Sink | None) -> None:
     from collections import deque
 
-    plan = _piece_plan(planned, chunk_bytes)
+    plan = _piece_plan(planned, chunk_bytes, ctx.override)
     pending: deque[_Piece] = deque()
 
     def fill() -> None:
@@ -696,8 +709,13 @@ def load_config(model_dir: Path) -> dict[str, Any]:
 
 
 def convert_hf_to_gguf(model_dir: str | os.PathLike, output: str | os.PathLike, config: ConvertConfig | None = None,
-                       sink: Sink | None = None) -> ConvertReport:
-    """Convert ``model_dir`` to the GGUF file ``output`` (written to a temporary name, renamed when complete)."""
+                       sink: Sink | None = None, *,
+                       tensor_override: dict[str, Callable[[], Any]] | None = None) -> ConvertReport:
+    """Convert ``model_dir`` to the GGUF file ``output`` (written to a temporary name, renamed when complete).
+
+    ``tensor_override`` maps HF tensor names to functions that return the tensor (float32 numpy, same shape) to
+    write instead of the checkpoint's: how ``forge export`` merges a LoRA adapter in the same streaming pass.
+    """
     from concurrent.futures import ThreadPoolExecutor
 
     import numpy as np
@@ -743,7 +761,7 @@ def convert_hf_to_gguf(model_dir: str | os.PathLike, output: str | os.PathLike, 
     # One worker per core, at most 4: conversion is memory-bound beyond that.
     workers = max(1, min(4, os.cpu_count() or 1))
     pool = ThreadPoolExecutor(max_workers=workers)
-    ctx = Ctx(hf_config, arch, pool, workers)
+    ctx = Ctx(hf_config, arch, pool, workers, dict(tensor_override or {}))
     try:
         with atomic_path(output) as tmp:
             w = writer_class()(tmp, arch.gguf_arch)
