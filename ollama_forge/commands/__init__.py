@@ -14,7 +14,7 @@ COMMANDS: dict[str, tuple[str | None, str, int]] = {
     "modelfile": ("ollama_forge.commands.modelfile", "write an Ollama Modelfile for a GGUF from its chat format", 3),
     "convert": ("ollama_forge.commands.convert", "convert an HF model directory to GGUF (f16/bf16/f32/q8_0)", 4),
     "quantize": ("ollama_forge.commands.quantize", "quantize a GGUF with llama.cpp (Q4_K_M by default)", 4),
-    "train": (None, "fine-tune with LoRA or QLoRA (SFT, then optional DPO)", 5),
+    "train": ("ollama_forge.commands.train", "fine-tune with LoRA or QLoRA (SFT, then optional DPO)", 5),
     "merge": ("ollama_forge.commands.merge", "merge a LoRA adapter into its full-precision base, streaming", 6),
     "export": ("ollama_forge.commands.export", "merge and convert straight to GGUF in one streaming pass", 6),
     "export-adapter": ("ollama_forge.commands.export_adapter", "export a LoRA adapter as a GGUF adapter (llama.cpp --lora, Ollama ADAPTER)", 6),
