@@ -41,27 +41,12 @@ def mixed_text() -> str:
 
 
 def load_llama(path: Path, n_ctx: int = 512):
-    """llama-cpp-python model with logits for every position.
+    """llama-cpp-python model with logits for every position, weight repacking off (see
+    backends.llamacpp.choose_repack: AMX-repacked quantized weights crash on VMs that advertise AMX without enabling
+    it; repacking changes speed, not the quantized values being compared)."""
+    from ollama_forge.backends.llamacpp import load_llama as load
 
-    Extra buffer types (weight repacking) are off: with the native build, quantized weights are repacked for AMX,
-    and on VMs whose CPU flags advertise AMX without the kernel enabling it, the first matmul dies with SIGILL
-    (seen here for Q8_0 and Q4_K). Repacking changes speed, not the quantized values being compared.
-    """
-    import llama_cpp
-    import llama_cpp.llama_cpp as C
-
-    real = C.llama_model_default_params
-
-    def no_repack():
-        p = real()
-        p.use_extra_bufts = False
-        return p
-
-    C.llama_model_default_params = no_repack
-    try:
-        return llama_cpp.Llama(str(path), logits_all=True, n_ctx=n_ctx, n_threads=2, verbose=False)
-    finally:
-        C.llama_model_default_params = real
+    return load(str(path), repack=False, logits_all=True, n_ctx=n_ctx, n_threads=2, verbose=False)
 
 
 def llama_logits(llm, ids: list[int]) -> np.ndarray:
