@@ -132,3 +132,16 @@ def test_chat_stream_protocol():
     s = ChatStream(gen())
     assert s.stats is None and s.text() == "ab" and s.stats.done_reason == "stop"
     assert s.stats.summary() == "2 tokens, 3.0 tok/s, first token 0.10 s, stop"
+
+
+def test_stop_filter_holds_a_split_stop_string_back_and_cuts_at_it():
+    from ollama_forge.backends import StopFilter
+
+    f = StopFilter(["<|im_end|>", "\n\nUser:"])
+    shown = [f.feed(p) for p in ["Par", "is.<|im", "_e"]]
+    assert shown == ["Par", "is.", ""] and not f.hit  # "<|im_e" could still become the stop: held
+    assert f.feed("nd|> trailing") == "" and f.hit
+    assert f.flush() == ""
+    g = StopFilter(["<|im_end|>"])
+    assert g.feed("4 <|im") == "4 " and g.flush("") == "<|im"  # generation ended: the held tail was answer text
+    assert StopFilter([]).feed("abc") == "abc"

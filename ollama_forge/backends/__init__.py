@@ -73,6 +73,46 @@ class ChatStream:
             close()
 
 
+class StopFilter:
+    """Generated text streamed out as it comes, cut at the first stop string, with any tail that could still grow
+    into a stop string held back until it cannot (so a stop split across tokens never leaks out)."""
+
+    def __init__(self, stops: list[str]):
+        self.stops = [s for s in stops if s]
+        self.pending = ""
+        self.hit = False  # a stop string was found: ``pending`` holds the text before it
+
+    def feed(self, text: str) -> str:
+        """Add newly decoded text; return what can be shown now."""
+        self.pending += text
+        if not self.stops:
+            out, self.pending = self.pending, ""
+            return out
+        hit = min((i for i in (self.pending.find(s) for s in self.stops) if i >= 0), default=-1)
+        if hit >= 0:
+            self.pending, self.hit = self.pending[:hit], True
+            return ""
+        cut = len(self.pending) - _held(self.pending, self.stops)
+        out, self.pending = self.pending[:cut], self.pending[cut:]
+        return out
+
+    def flush(self, text: str = "") -> str:
+        """Generation ended: what was held back (plus ``text``) is answer text."""
+        out, self.pending = self.pending + text, ""
+        return out
+
+
+def _held(text: str, stops: list[str]) -> int:
+    """How many trailing characters could still become a stop string (held back until they can't)."""
+    best = 0
+    for s in stops:
+        for n in range(min(len(s) - 1, len(text)), best, -1):
+            if text.endswith(s[:n]):
+                best = n
+                break
+    return best
+
+
 class ChatBackend(Protocol):
     name: str  # "ollama" | "llamacpp"
     model: str  # what the user named (Ollama name or GGUF path)

@@ -20,6 +20,7 @@ from typing import Any, Iterator
 
 from ..errors import ForgeError
 from ..events import Sink, choice
+from . import StopFilter
 from . import ChatStats, ChatStream, Message
 
 STAGE = "chat"
@@ -162,7 +163,7 @@ class LlamaCppBackend:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         vocab = llm._model.vocab  # noqa: SLF001 - the vocab handle llama_vocab_is_eog needs
         buf = ctypes.create_string_buffer(256)
-        pending = ""
+        filt = StopFilter(stops)
         count = 0
         first = None
         reason = "length"
@@ -184,27 +185,17 @@ class LlamaCppBackend:
                         break
                     n = llama_cpp.llama_token_to_piece(vocab, tok, buf, len(buf), 0, True)
                     raw = buf.raw[:n] if n >= 0 else _piece(llm, tok)
-                    pending += decoder.decode(raw)
-                    if not stops:
-                        if pending:
-                            yield pending
-                            pending = ""
-                        continue
-                    hit = min((i for i in (pending.find(s) for s in stops) if i >= 0), default=-1)
-                    if hit >= 0:
-                        pending = pending[:hit]
+                    out = filt.feed(decoder.decode(raw))
+                    if out:
+                        yield out
+                    if filt.hit:
                         reason = "stop"
                         break
-                    keep = _held(pending, stops)
-                    if len(pending) > keep:
-                        yield pending[:len(pending) - keep]
-                        pending = pending[len(pending) - keep:]
             finally:
                 gen.close()
-        if reason == "length":
-            pending += decoder.decode(b"", final=True)
-        if pending:
-            yield pending
+        tail = filt.flush(decoder.decode(b"", final=True) if reason == "length" else "")
+        if tail:
+            yield tail
         end = time.perf_counter()
         first = first or end
         yield ChatStats(backend=self.name, model=self.model, prompt_tokens=len(prompt), tokens=count,
@@ -237,12 +228,3 @@ def _piece(llm: Any, tok: int) -> bytes:
         size = -n
 
 
-def _held(text: str, stops: list[str]) -> int:
-    """How many trailing characters could still become a stop string (held back until they can't)."""
-    best = 0
-    for s in stops:
-        for n in range(min(len(s) - 1, len(text)), best, -1):
-            if text.endswith(s[:n]):
-                best = n
-                break
-    return best

@@ -290,7 +290,7 @@ class TransformersBackend:
     def _run(self, prompt: list[int], opts: dict[str, Any], stops: list[str], t0: float) -> Iterator[Any]:
         import torch
 
-        from .llamacpp import _held
+        from . import StopFilter
 
         limit = int(opts.get("num_predict", -1))
         ctx = int(getattr(self.net.config, "max_position_embeddings", 0) or 4096)
@@ -301,7 +301,7 @@ class TransformersBackend:
         repeat_penalty = float(opts.get("repeat_penalty", 1.0))
         out_ids: list[int] = []
         emitted = ""  # decoded text already considered (yielded or held)
-        pending = ""
+        filt = StopFilter(stops)
         count = 0
         first = None
         reason = "length"
@@ -329,28 +329,21 @@ class TransformersBackend:
                 if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the next token
                     feed = torch.tensor([[tok]], dtype=torch.long)
                     continue
-                pending += text[len(emitted):]
+                piece = text[len(emitted):]
                 emitted = text
                 feed = torch.tensor([[tok]], dtype=torch.long)
-                if not stops:
-                    if pending:
-                        yield pending
-                        pending = ""
-                    continue
-                hit = min((i for i in (pending.find(s) for s in stops) if i >= 0), default=-1)
-                if hit >= 0:
-                    pending = pending[:hit]
+                shown = filt.feed(piece)
+                if shown:
+                    yield shown
+                if filt.hit:
                     reason = "stop"
                     break
-                keep = _held(pending, stops)
-                if len(pending) > keep:
-                    yield pending[:len(pending) - keep]
-                    pending = pending[len(pending) - keep:]
+        rest = ""
         if reason == "length":
-            text = self.tokenizer.decode(out_ids, skip_special_tokens=False)
-            pending += text[len(emitted):]
-        if pending:
-            yield pending
+            rest = self.tokenizer.decode(out_ids, skip_special_tokens=False)[len(emitted):]
+        tail = filt.flush(rest)
+        if tail:
+            yield tail
         end = time.perf_counter()
         first = first or end
         yield ChatStats(backend=self.name, model=self.model, prompt_tokens=len(prompt), tokens=count,
