@@ -1,5 +1,6 @@
 """``forge demo`` end to end at a reduced size: every stage runs, the side-by-side table and the metric print, the
-tuned model beats the base on held-out prompts, and a second run reuses the cached base and every stage.
+tuned model beats the base on held-out prompts, a second run reuses the cached base and every stage, and a run with
+one DPO setting changed redoes DPO and what follows it, nothing before it.
 
 Reduced: a base pretrained for 60 steps on 12 modules, 40 SFT steps, 6 DPO steps, 40 held-out prompts, 4 gate
 prompts. Everything else (recipe, data, converter, quantizer, Modelfile, push to the Ollama stand-in, eval) is the
@@ -100,8 +101,11 @@ def test_cli_reruns_only_what_a_changed_key_touches_and_prints_the_tables(demo_r
     monkeypatch.setattr("ollama_forge.demo.base.BaseSpec", lambda: SMALL_BASE)  # the small base built above
     assert main(args) == 0
     out = capsys.readouterr().out
-    status = {line.split()[0]: line.split()[2] for line in out.splitlines()
-              if line.split()[:1] and line.split()[0] in STAGES and len(line.split()) > 2}
+    lines = out.splitlines()
+    table = lines[lines.index(next(x for x in lines if x.startswith("stage "))) + 2:]
+    table = table[:table.index(next(x for x in table if x.startswith("total ")))]
+    status = {row.split()[0]: row.split()[2] for row in table}
+    assert list(status) == STAGES
     assert status["base"] == status["sft"] == "cached"
     # DPO restarts (its checkpoints from the first run do not stop it), and everything downstream follows.
     assert status["dpo"] == status["merge"] == status["eval"] == "ran", status
