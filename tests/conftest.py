@@ -60,3 +60,39 @@ def _forge_logger_state():
     saved = (lg.handlers[:], lg.propagate, lg.level)
     yield
     lg.handlers[:], lg.propagate, lg.level = saved
+
+
+# --- Ollama: the stand-in (and a real Ollama when one answers) ---------------------------------------------------
+
+OLLAMA_SERVERS = ["standin", pytest.param("real", marks=pytest.mark.ollama)]
+
+
+@pytest.fixture(autouse=True)
+def forge_data(tmp_path, monkeypatch) -> Path:
+    """forge's record of pushed models goes to a per-test folder, never the user's."""
+    d = tmp_path / "forge-data"
+    monkeypatch.setenv("FORGE_DATA_DIR", str(d))
+    return d
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model, tiny_model_root) -> Path:
+    """A run directory (adapter, GGUF, Modelfile) of qwen2 trained briefly to answer and stop; built once, on disk."""
+    from tests.ollama_standin import testing
+
+    return testing.trained_run(tiny_model_root, tiny_model("qwen2"))
+
+
+@pytest.fixture
+def run_dir(trained, tmp_path) -> Path:
+    from tests.ollama_standin import testing
+
+    return testing.copy_run(trained, tmp_path / "run")
+
+
+@pytest.fixture(params=OLLAMA_SERVERS)
+def url(request) -> str:
+    """The stand-in's URL, then a real Ollama's (marker `ollama`; skipped with the reason when none answers)."""
+    from tests.ollama_standin import testing
+
+    return testing.server_url(request.param)

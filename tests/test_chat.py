@@ -17,31 +17,6 @@ from ollama_forge import ollama as forge_ollama
 from ollama_forge.cli import main
 from tests.ollama_standin import testing
 
-SERVERS = ["standin", pytest.param("real", marks=pytest.mark.ollama)]
-
-
-@pytest.fixture(autouse=True)
-def forge_data(tmp_path, monkeypatch) -> Path:
-    d = tmp_path / "forge-data"
-    monkeypatch.setenv("FORGE_DATA_DIR", str(d))
-    return d
-
-
-@pytest.fixture(scope="module")
-def trained(tiny_model, tiny_model_root) -> Path:
-    return testing.trained_run(tiny_model_root, tiny_model("qwen2"))
-
-
-@pytest.fixture
-def run_dir(trained, tmp_path) -> Path:
-    return testing.copy_run(trained, tmp_path / "run")
-
-
-@pytest.fixture(params=SERVERS)
-def url(request) -> str:
-    return testing.server_url(request.param)
-
-
 @pytest.fixture
 def pushed(url, run_dir):
     """(url, name, run_dir) of the trained model pushed with forge; deleted afterwards."""

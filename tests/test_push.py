@@ -21,32 +21,6 @@ from ollama_forge import modelfile as mfmod
 from ollama_forge import ollama as forge_ollama
 from tests.ollama_standin import testing
 
-SERVERS = ["standin", pytest.param("real", marks=pytest.mark.ollama)]
-
-
-@pytest.fixture(autouse=True)
-def forge_data(tmp_path, monkeypatch) -> Path:
-    """forge's record of pushed models goes to a per-test folder, never the user's."""
-    d = tmp_path / "forge-data"
-    monkeypatch.setenv("FORGE_DATA_DIR", str(d))
-    return d
-
-
-@pytest.fixture(scope="module")
-def trained(tiny_model, tiny_model_root) -> Path:
-    return testing.trained_run(tiny_model_root, tiny_model("qwen2"))
-
-
-@pytest.fixture
-def run_dir(trained, tmp_path) -> Path:
-    return testing.copy_run(trained, tmp_path / "run")
-
-
-@pytest.fixture(params=SERVERS)
-def url(request) -> str:
-    return testing.server_url(request.param)
-
-
 @pytest.fixture
 def standin_url() -> str:
     url = testing.standin().url
