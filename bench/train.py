@@ -10,7 +10,7 @@ Two comparisons, each printed as a ratio (medians over --repeats, runs interleav
    on; bf16 where the device has it). Neither changes what is learned: padding-free keeps each example's attention
    to itself (block-diagonal mask; first-step losses equal) and checkpointing recomputes exactly. Goal: >= 1.5x.
 
-    .venv/bin/python bench/train.py --threads 1                        # tiny Llama (hidden 256) on CPU
+    .venv/bin/python bench/train.py                                   # small Llama fixture (hidden 256), CPU
     .venv/bin/python bench/train.py --device cuda --shape 0.5b --steps 30   # Qwen2.5-0.5B-shaped random model
 
 Throughput on CPU is the median over steps of each step's non-pad tokens/s (both trainers see the same batches in
@@ -144,6 +144,9 @@ def trl_run(model_dir: Path, data: Path, work: Path, steps: int, batch: int, gc:
 
     clock = StepClock()
     trainer.add_callback(clock)
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # forge's trainer prints nothing either
     out = trainer.train()
     first = next((h["loss"] for h in trainer.state.log_history if "loss" in h), None)
     tps = trainer.state.num_input_tokens_seen / out.metrics["train_runtime"]
@@ -158,13 +161,15 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=None, help="torch threads on CPU (default: torch's own)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default on CPU: 1, so other processes "
+                    "on a shared box cannot stall spinning OpenMP threads; on CUDA: torch's own)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
-    if a.threads:
+    threads = a.threads or (1 if a.device == "cpu" else None)
+    if threads:
         import torch
 
-        torch.set_num_threads(a.threads)
+        torch.set_num_threads(threads)
     import logging
 
     import datasets
@@ -182,16 +187,22 @@ def main() -> None:
     skewed = write_jsonl(work / "skewed.jsonl", skewed_records(64, 8, 250 if a.shape != "0.5b" else 400))
 
     results: dict[str, list[dict]] = {k: [] for k in ("forge_same", "trl_same", "forge_skew", "trl_skew")}
-    for _ in range(a.repeats):
-        f = forge_run(model_dir, uniform, work, a.steps, a.batch, False, a.device, "same")
-        results["forge_same"].append(f)
-        results["trl_same"].append(trl_run(model_dir, uniform, work, a.steps, a.batch, f["gc"], f["dtype"], a.device,
-                                           False))
-        f = forge_run(model_dir, skewed, work, a.steps, a.batch, True, a.device, "skew")  # forge's default
-        results["forge_skew"].append(f)
-        # TRL's defaults: padded batches and gradient checkpointing on (bf16 too, except on CPU where it cannot run)
-        results["trl_skew"].append(trl_run(model_dir, skewed, work, a.steps, a.batch, True, f["dtype"], a.device,
-                                           False))
+    from ollama_forge.train.device import plan as device_plan
+
+    p = device_plan("lora", a.device)  # what forge chooses here: TRL gets the same dtype (and, in 1., checkpointing)
+    runs = {
+        "forge_same": lambda: forge_run(model_dir, uniform, work, a.steps, a.batch, False, a.device, "same"),
+        "trl_same": lambda: trl_run(model_dir, uniform, work, a.steps, a.batch, p.gradient_checkpointing, p.dtype,
+                                    a.device, False),
+        "forge_skew": lambda: forge_run(model_dir, skewed, work, a.steps, a.batch, True, a.device, "skew"),
+        # TRL's defaults: padded batches and gradient checkpointing on (bf16 too, where the device has it)
+        "trl_skew": lambda: trl_run(model_dir, skewed, work, a.steps, a.batch, True, p.dtype, a.device, False),
+    }
+    for i in range(a.repeats):
+        # Alternate which trainer goes first, so warm-up and drift of the machine favour neither.
+        for pair in (("forge_same", "trl_same"), ("forge_skew", "trl_skew")):
+            for name in (pair if i % 2 == 0 else pair[::-1]):
+                results[name].append(runs[name]())
 
     def med(k: str, field: str = "tokens_per_s") -> float:
         return statistics.median(r[field] for r in results[k])

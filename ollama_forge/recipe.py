@@ -56,10 +56,10 @@ class TrainConfig:
     grad_accum: int = field(4, help="gradient accumulation steps (effective batch = batch_size x grad_accum x devices)")
     max_length: int = field(1024, help="max tokens per example; longer ones are dropped (counted), never cut "
                             "through their end-of-turn token")
-    overlong: Literal["drop", "truncate_prompt"] = field("drop", help="examples over max_length: drop (counted in "
-                                                        "the report), or truncate_prompt (cut the conversation's start, "
-                                                        "keeping BOS, the final reply and its end-of-turn token); "
-                                                        "text documents are split instead, DPO pairs always dropped")
+    overlong: Literal["drop", "truncate_prompt"] = field(
+        "drop", help="examples over max_length: drop (counted in the report), or truncate_prompt (cut the "
+        "conversation's start, keeping BOS, the final reply and its end-of-turn token); text documents are split "
+        "instead, DPO pairs always dropped")
     packing: Optional[bool] = field(None, help="pack examples into full rows (padding-free attention keeps them "
                                     "apart); default: on for text (continued pretraining), off for chat data, where "
                                     "padding-free batching already removes the padding without long packed rows")

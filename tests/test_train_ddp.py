@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.train_helpers import REPO, chat_records, write_jsonl, write_recipe
+from tests.train_helpers import ONE_THREAD_ENV, REPO, chat_records, write_jsonl, write_recipe
 
 STEPS = 4
 
@@ -32,7 +32,7 @@ def test_two_processes_train_on_different_batches_and_write_one_adapter(tiny_mod
     run, batches = tmp_path / "run", tmp_path / "batches"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(_free_port()), "-m", "ollama_forge", "train", str(recipe), "--run-dir", str(run)]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "FORGE_TEST_BATCH_LOG": str(batches), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "FORGE_TEST_BATCH_LOG": str(batches), **ONE_THREAD_ENV}
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
     assert r.returncode == 0, r.stderr[-4000:]
 

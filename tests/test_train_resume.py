@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.train_helpers import chat_records, forge, write_jsonl, write_recipe
+from tests.train_helpers import ONE_THREAD_ENV, chat_records, forge, one_thread, write_jsonl, write_recipe
 
 STEPS, SAVE = 12, 4
 # Same seed, same data order, optimizer/scheduler/RNG restored: on CPU the resumed run repeats the uninterrupted one's
@@ -36,19 +36,22 @@ def test_sigkill_between_and_inside_checkpoints_then_resume_matches_an_uninterru
     recipe_path = write_recipe(tmp_path / "recipe.yaml", spec)
 
     # Reference: the same recipe, never interrupted (in-process: the library path the CLI wraps).
-    ref = train_sft(R.load(recipe_path), tmp_path / "ref")
+    with one_thread():  # the same thread count as the subprocesses below: the same summation order
+        ref = train_sft(R.load(recipe_path), tmp_path / "ref")
     assert ref.steps == STEPS
 
     run = tmp_path / "run"
     ckpts = run / "checkpoints" / "sft"
     # 1. Killed between checkpoints (after step 6; step-4 is the newest complete checkpoint).
-    r = forge("train", str(recipe_path), "--run-dir", str(run), env={"FORGE_TEST_KILL_AT": "step:6"})
+    r = forge("train", str(recipe_path), "--run-dir", str(run),
+              env={**ONE_THREAD_ENV, "FORGE_TEST_KILL_AT": "step:6"})
     assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
     assert sorted(p.name for p in ckpts.glob("step-*")) == ["step-4"]
     assert not (run / "adapter").exists()  # nothing that looks finished
 
     # 2. Resumed, then killed inside the save of checkpoint 8: adapter written, optimizer state not yet.
-    r = forge("train", str(recipe_path), "--run-dir", str(run), "--resume", env={"FORGE_TEST_KILL_AT": "save:8"})
+    r = forge("train", str(recipe_path), "--run-dir", str(run), "--resume",
+              env={**ONE_THREAD_ENV, "FORGE_TEST_KILL_AT": "save:8"})
     assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
     partial = ckpts / ".staging" / "checkpoint-8"
     assert (partial / "adapter_model.safetensors").is_file() and not (partial / "optimizer.pt").exists()
@@ -59,7 +62,7 @@ def test_sigkill_between_and_inside_checkpoints_then_resume_matches_an_uninterru
     assert sorted(p.name for p in ckpts.glob("step-*")) == ["step-4"] and (ckpts / "step-4" / COMPLETE).is_file()
 
     # 3. Resumed again: from step-4 (the incomplete step-8 ignored and discarded), to the end.
-    r = forge("train", str(recipe_path), "--run-dir", str(run), "--resume")
+    r = forge("train", str(recipe_path), "--run-dir", str(run), "--resume", env=ONE_THREAD_ENV)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resumed from step 4" in r.stdout, r.stdout
     assert not (ckpts / ".staging" / "checkpoint-8").exists()

@@ -11,8 +11,8 @@ import pytest
 from ollama_forge.errors import ForgeError
 from ollama_forge.train import device as D
 from ollama_forge.train.callbacks import (
-    COMPLETE, commit_checkpoint, complete_checkpoints, discard_incomplete, latest_checkpoint, read_metrics,
-    trim_metrics,
+    COMPLETE, commit_checkpoint, complete_checkpoints, discard_incomplete, latest_checkpoint, mark_finished,
+    prepare_checkpoints, read_metrics, trim_metrics,
 )
 
 CPU = D.Probe(bnb=True)
@@ -238,6 +238,22 @@ def test_resume_only_sees_complete_checkpoints_and_incomplete_ones_are_discarded
     final = commit_checkpoint(staged, root, 40, keep=1)
     assert final.name == "step-40" and (final / COMPLETE).is_file() and not staged.exists()
     assert [p.name for _, p in complete_checkpoints(root)] == ["step-40"]  # rotation kept the newest one
+
+
+def test_a_fresh_start_refuses_to_bury_an_interrupted_run_but_clears_a_finished_one(tmp_path):
+    root = tmp_path / "checkpoints" / "sft"
+    _fake_ckpt(root, "step-10", True)
+    with pytest.raises(ForgeError, match="checkpoints of an interrupted sft run .up to step 10.") as e:
+        prepare_checkpoints(root, resume=False, force=False, where="sft")
+    assert e.value.message.startswith(str(root)) and "--resume" in e.value.hint and "--force" in e.value.hint
+    start, _ = prepare_checkpoints(root, resume=True, force=False, where="sft")
+    assert start.name == "step-10"
+    mark_finished(root)  # the stage wrote its adapter: a new run (e.g. changed settings) starts clean
+    start, gone = prepare_checkpoints(root, resume=False, force=False, where="sft")
+    assert start is None and "earlier checkpoints" in gone and not complete_checkpoints(root)
+    _fake_ckpt(root, "step-4", True)
+    assert prepare_checkpoints(root, resume=False, force=True, where="sft")[0] is None  # --force: start over
+    assert not complete_checkpoints(root)
 
 
 def test_metrics_rows_after_the_resumed_step_are_dropped(tmp_path):

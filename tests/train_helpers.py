@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -76,6 +77,24 @@ def skewed_records(n: int = 64, short_words: int = 6, long_words: int = 120) -> 
         out.append({"messages": [{"role": "user", "content": f"Question number {i}?"},
                                  {"role": "assistant", "content": text}]})
     return out
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Run torch on one thread: these tiny models gain little from two, and when other processes share the 2 cores
+    two OpenMP threads spin-wait on each other (measured: 500 SFT steps took 27 s on one thread, 120-570 s on two
+    under load)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+ONE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> Path:

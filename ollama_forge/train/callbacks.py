@@ -84,6 +84,42 @@ def discard_incomplete(root: Path) -> list[str]:
     return gone
 
 
+FINISHED = "FINISHED"  # in checkpoints/<stage>/ once the stage wrote its adapter: its checkpoints are history
+
+
+def prepare_checkpoints(root: Path, resume: bool, force: bool, where: str) -> tuple[Optional[Path], list[str]]:
+    """Decide where training starts: (checkpoint to resume from or None, what was discarded).
+
+    Every start discards what a killed run left half-written. A fresh start clears the checkpoints of a finished run
+    (or, with ``force``, of any run) but refuses to bury those of an interrupted one without being told."""
+    main = is_main_process()
+    done = complete_checkpoints(root)
+    finished = (root / FINISHED).is_file()
+    resume_from = done[-1][1] if resume and done else None
+    if not resume and done and not finished and not force:
+        from ..errors import ForgeError
+
+        raise ForgeError(f"{root}: checkpoints of an interrupted {where} run (up to step {done[-1][0]})",
+                         "pass --resume to continue from there, or --force to start over")
+    barrier()  # every rank decided before rank 0 changes anything
+    gone: list[str] = []
+    if main:
+        gone = discard_incomplete(root)
+        if not resume and (done or finished):
+            shutil.rmtree(root, ignore_errors=True)
+            gone.append("earlier checkpoints")
+        elif resume:
+            (root / FINISHED).unlink(missing_ok=True)
+        root.mkdir(parents=True, exist_ok=True)
+    barrier()
+    return resume_from, gone
+
+
+def mark_finished(root: Path) -> None:
+    if is_main_process() and root.is_dir():
+        (root / FINISHED).write_text(json.dumps({"time": time.time()}) + "\n")
+
+
 def commit_checkpoint(staged: Path, root: Path, step: int, keep: int) -> Path:
     """Mark ``staged`` complete and rename it to ``root/step-N``; keep the newest ``keep`` complete ones."""
     final = root / f"step-{step}"

@@ -24,8 +24,8 @@ from ..errors import ForgeError
 from ..events import Sink, choice, emit
 from ..runs import RunDir, hash_config
 from .callbacks import (
-    barrier, complete_checkpoints, discard_incomplete, init_distributed, install_test_hooks, is_main_process,
-    latest_checkpoint, make_callbacks, read_metrics, trim_metrics,
+    barrier, init_distributed, install_test_hooks, is_main_process, make_callbacks, mark_finished,
+    prepare_checkpoints, read_metrics, trim_metrics,
 )
 from .common import (
     META, TrainResult, checkpointing_names, emit_notes, fingerprint_paths, load_model, load_records, quiet_trainer,
@@ -103,15 +103,9 @@ def train_dpo(recipe, run_dir: str | os.PathLike, sink: Sink | None = None, resu
 
     ckpt_root = run.checkpoints / STAGE
     init_distributed()
-    resume_from = None
-    if main:
-        discard_incomplete(ckpt_root)  # whatever a killed run left half-written
-    if resume:
-        resume_from = latest_checkpoint(ckpt_root)
-    elif complete_checkpoints(ckpt_root) and not force:
-        raise ForgeError(f"{ckpt_root}: DPO checkpoints of an earlier run exist",
-                         "pass --resume to continue, or --force to start over")
-    barrier()
+    resume_from, gone = prepare_checkpoints(ckpt_root, resume, force, "dpo")
+    if gone:
+        emit(sink, "log", STAGE, f"discarded: {', '.join(gone)}")
 
     plan = device_mod.plan(t.method, t.device, t.dtype, strict_qlora=t.strict_qlora,
                            gradient_checkpointing=t.gradient_checkpointing, p=probe, sink=sink, stage=STAGE)
@@ -147,8 +141,7 @@ def train_dpo(recipe, run_dir: str | os.PathLike, sink: Sink | None = None, resu
 
     if main:
         run.ensure()
-        ckpt_root.mkdir(parents=True, exist_ok=True)
-        trim_metrics(run.metrics, STAGE, _step_of(resume_from) if resume_from else -1)
+        trim_metrics(run.metrics, STAGE, _step_of(resume_from))
     barrier()
 
     from peft import PeftModel
@@ -197,6 +190,7 @@ def train_dpo(recipe, run_dir: str | os.PathLike, sink: Sink | None = None, resu
         extra={"first_eval_margin": evals[0].get("eval_rewards_margins") if evals else None,
                "last_eval_margin": evals[-1].get("eval_rewards_margins") if evals else None,
                "reference": str(sft)})
+    mark_finished(ckpt_root)
     if main:
         run.record("train-dpo", inputs, cfg_hash, [run.adapter])
         emit(sink, "stage", STAGE, f"dpo: done in {result.steps} steps, adapter at {run.adapter}")

@@ -16,12 +16,11 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from ..errors import ForgeError
 from ..events import Sink, choice, emit
 from ..runs import RunDir, hash_config
 from .callbacks import (
-    barrier, complete_checkpoints, discard_incomplete, init_distributed, install_test_hooks, is_main_process,
-    latest_checkpoint, make_callbacks, read_metrics, trim_metrics,
+    barrier, init_distributed, install_test_hooks, is_main_process, make_callbacks, mark_finished,
+    prepare_checkpoints, read_metrics, trim_metrics,
 )
 from .common import (
     TrainResult, checkpointing_names, emit_notes, fingerprint_paths, load_model, load_records, load_tokenizer,
@@ -148,19 +147,11 @@ def train_sft(recipe, run_dir: str | os.PathLike, sink: Sink | None = None, resu
 
     ckpt_root = run.checkpoints / STAGE
     init_distributed()
-    resume_from = None
-    gone = discard_incomplete(ckpt_root) if main else []  # whatever a killed run left half-written
+    resume_from, gone = prepare_checkpoints(ckpt_root, resume, force, "sft")
     if gone:
-        emit(sink, "log", STAGE, f"discarded incomplete checkpoint data: {', '.join(sorted(gone))}")
-    if resume:
-        resume_from = latest_checkpoint(ckpt_root)
-        if resume_from is None:
-            emit(sink, "log", STAGE, "no complete checkpoint to resume from: starting from step 0")
-    elif complete_checkpoints(ckpt_root) and not force:
-        step = complete_checkpoints(ckpt_root)[-1][0]
-        raise ForgeError(f"{ckpt_root}: checkpoints of an earlier run exist (up to step {step})",
-                         "pass --resume to continue from there, or --force to start over")
-    barrier()
+        emit(sink, "log", STAGE, f"discarded: {', '.join(gone)}")
+    if resume and resume_from is None:
+        emit(sink, "log", STAGE, "no complete checkpoint to resume from: starting from step 0")
 
     plan = device_mod.plan(t.method, t.device, t.dtype, strict_qlora=t.strict_qlora,
                            gradient_checkpointing=t.gradient_checkpointing, p=probe, sink=sink, stage=STAGE)
@@ -170,14 +161,7 @@ def train_sft(recipe, run_dir: str | os.PathLike, sink: Sink | None = None, resu
 
     if main:
         run.ensure()
-        ckpt_root.mkdir(parents=True, exist_ok=True)
-        if not resume:
-            if force:
-                shutil.rmtree(ckpt_root, ignore_errors=True)
-                ckpt_root.mkdir(parents=True, exist_ok=True)
-            trim_metrics(run.metrics, STAGE, -1)
-        else:
-            trim_metrics(run.metrics, STAGE, _step_of(resume_from))
+        trim_metrics(run.metrics, STAGE, _step_of(resume_from))
         from ..recipe import save_resolved
 
         save_resolved(recipe, run.root)
@@ -240,6 +224,7 @@ def train_sft(recipe, run_dir: str | os.PathLike, sink: Sink | None = None, resu
                "train_cpu_s": cb.cpu_seconds, "median_step_tokens_per_s": cb.median_step_rate(),
                "session_tokens": n_tokens - getattr(trainer, "_initial_num_input_tokens_seen", 0)},
     )
+    mark_finished(ckpt_root)
     if main:
         if recipe.dpo is None:
             _publish(final, run.adapter)
