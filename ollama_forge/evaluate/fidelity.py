@@ -257,15 +257,14 @@ def serving_backend(gguf: str | Path, modelfile: Any, chat_format: str | None, *
     Modelfile: ``chat_format``'s template and stops, and ``system``."""
     from .. import formats
     from ..backends.llamacpp import LlamaCppBackend
-    from .scoring import safe_llama_load, tune_threads
+    from .scoring import tune_threads
 
     fmt_name = chat_format
     if modelfile is not None and modelfile.template is not None:
         fmt = formats.from_ollama_template(modelfile.template)
         if fmt is not None:
             fmt_name = fmt.name
-    with safe_llama_load():
-        b = LlamaCppBackend(str(gguf), chat_format=fmt_name, sink=sink)
+    b = LlamaCppBackend(str(gguf), chat_format=fmt_name, sink=sink)  # repacking decided by the backend
     tune_threads(b.llm)
     if modelfile is not None:
         params = dict(modelfile.parameters)

@@ -87,12 +87,10 @@ def open_model(spec: ModelSpec, *, host: str | None = None, score: bool = True, 
                                 load_4bit=spec.load_4bit, sink=sink)
         return Opened(b, HFScorer(b) if score else None, "", _eot(b))
     from ..backends import open_backend
-    from .scoring import safe_llama_load
 
     backend_kind = {"gguf": "llamacpp", "ollama": "ollama", "run": "auto"}[spec.kind]
-    with safe_llama_load():
-        b = open_backend(spec.path, backend_kind, host=host, chat_format=spec.chat_format, system=spec.system,
-                         sink=sink)
+    b = open_backend(spec.path, backend_kind, host=host, chat_format=spec.chat_format, system=spec.system,
+                     sink=sink)
     if b.name == "llamacpp":
         from .scoring import tune_threads
 

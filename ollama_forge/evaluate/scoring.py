@@ -8,13 +8,11 @@ tokenization does not start with the prompt's tokens, the completion is tokenize
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import os
-import threading
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 
 @dataclasses.dataclass
@@ -58,42 +56,6 @@ def perplexity(nlls: Sequence[Sequence[float]]) -> float | None:
     return math.exp(sum(sum(x) for x in nlls) / total)
 
 
-@contextlib.contextmanager
-def safe_llama_load() -> Iterator[None]:
-    """Load llama.cpp models with its extra (repacking) buffer types off on CPUs that advertise AMX.
-
-    Some VMs advertise AMX without enabling it, and AMX-repacked quantized weights then die with SIGILL (seen on
-    the CI machines by the stand-in server's tests); the extra buffers only change speed. Wrap any
-    ``llama_cpp.Llama(...)`` construction (ours, or a backend's) in this.
-    """
-    import llama_cpp.llama_cpp as C
-
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            amx = " amx_tile" in f.read()
-    except OSError:
-        amx = False
-    if not amx:
-        yield
-        return
-    original = C.llama_model_default_params
-
-    def params():
-        p = original()
-        p.use_extra_bufts = False
-        return p
-
-    with _patch_lock:
-        C.llama_model_default_params = params
-        try:
-            yield
-        finally:
-            C.llama_model_default_params = original
-
-
-_patch_lock = threading.Lock()
-
-
 def llama_threads() -> int:
     """Threads for llama.cpp, prompt batches included (llama-cpp-python's own default for batches is every CPU):
     see ``backends.transformers.busy_aware_threads``."""
@@ -111,13 +73,14 @@ def tune_threads(llm: Any, n: int | None = None) -> None:
 
 
 def load_llama(path: str | os.PathLike, *, n_ctx: int, logits_all: bool = False, n_threads: int | None = None):
-    """llama_cpp.Llama for ``path`` (see :func:`safe_llama_load` and :func:`llama_threads`)."""
-    import llama_cpp
+    """llama_cpp.Llama for ``path``: weight repacking as the in-process backend decides it (off where AMX is
+    advertised; see ``backends.llamacpp.choose_repack``), threads from :func:`llama_threads`."""
+    from ..backends.llamacpp import choose_repack
+    from ..backends.llamacpp import load_llama as load
 
     n = n_threads or llama_threads()
-    with safe_llama_load():
-        return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, logits_all=logits_all, n_threads=n,
-                               n_threads_batch=n, verbose=False)
+    return load(str(path), repack=choose_repack(None), n_ctx=n_ctx, logits_all=logits_all, n_threads=n,
+                n_threads_batch=n, verbose=False)
 
 
 class GGUFScorer:
