@@ -9,6 +9,8 @@ import tempfile
 from pathlib import Path
 from typing import IO, Iterator
 
+from .testhooks import kill_point
+
 
 def _fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):
@@ -37,6 +39,7 @@ def atomic_path(final: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         if tmp.is_file():
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
+        kill_point("rename", f"{final.parent.name}/{final.name}")
         if final.is_dir() and not final.is_symlink():
             shutil.rmtree(final)
         os.replace(tmp, final)

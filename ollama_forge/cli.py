@@ -91,6 +91,12 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # a bug, or an error from a library we did not translate: still one line.
         if args.debug or os.environ.get("FORGE_DEBUG"):
             raise
+        from .errors import is_out_of_space, out_of_space_error
+
+        if is_out_of_space(e):  # a full disk is the user's to fix, wherever it struck
+            err = out_of_space_error(getattr(e, "filename", None), "a file", removed=False)
+            print(f"forge {args.command}: error: {err.one_line()}", file=sys.stderr)
+            return err.exit_code
         msg = " ".join(str(e).split()) or type(e).__name__
         print(f"forge {args.command}: error: {type(e).__name__}: {msg} (rerun with --debug for the traceback)",
               file=sys.stderr)

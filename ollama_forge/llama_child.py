@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ollama_forge.errors import ForgeError
+from ollama_forge.testhooks import kill_point
 
 TAIL_LINES = 4  # log lines quoted in the error: llama.cpp's reason is usually the last one or two
 TELLING = re.compile(r"\b(error|failed|abort(ed)?|assert(ion)?|exception|unknown|invalid|cannot|could not|"
@@ -56,6 +57,18 @@ def _signal_name(code: int) -> str:
         return f"signal {-code}"
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGKILL me when the parent dies, so a killed forge leaves no orphan quantizer
+    writing into a temporary file (Linux prctl PR_SET_PDEATHSIG; elsewhere the orphan finishes and its partial
+    file is removed by the next run)."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 def run_in_child(target: str, kwargs: dict[str, Any], *, log_path: str | os.PathLike, what: str,
                  timeout: float | None = None) -> Any:
     """Call ``target`` ("package.module:function") with ``kwargs`` in a fresh Python process; return its result.
@@ -76,8 +89,15 @@ def run_in_child(target: str, kwargs: dict[str, Any], *, log_path: str | os.Path
             log.write(f"==> {what}: {target}\n".encode())
             log.flush()
             try:
-                proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                      timeout=timeout, check=False)
+                proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                        preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+                kill_point("child")  # crash tests: the parent dies while llama.cpp works
+                try:
+                    proc.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+                    raise
             except subprocess.TimeoutExpired:
                 raise ForgeError(f"{what}: no result after {timeout:.0f}s; stopped it",
                                  f"log: {log_path}") from None

@@ -301,8 +301,13 @@ def merge_adapter(adapter_dir: str | os.PathLike, base_dir: str | os.PathLike, o
             choice("vocab_size", emb_rows, f"the adapter carries a grown embedding ({emb_rows} rows)", sink, "merge")
             new_cfg["vocab_size"] = emb_rows
         (tmp / "config.json").write_text(json.dumps(new_cfg, indent=2) + "\n")
+        # The adapter beside the output (a run directory's adapter/ and merged/) is named relative to it, so a run
+        # directory moved or copied elsewhere holds the same bytes.
+        src = Path(adapter_dir).resolve()
+        rel = os.path.relpath(src, Path(out_dir).resolve().parent) if src.parent == Path(out_dir).resolve().parent \
+            else str(adapter_dir)
         (tmp / "forge_merge.json").write_text(json.dumps({
-            "adapter": str(adapter_dir), "base": str(base_dir), "merged_modules": len(adapter.lora),
+            "adapter": rel, "base": str(base_dir), "merged_modules": len(adapter.lora),
             "quantized_base": quantized_base, "scale_rule": "alpha/sqrt(r)" if adapter.config.get("use_rslora")
             else "alpha/r"}, indent=2) + "\n")
     return MergeReport(out_dir, len(adapter.lora), len(adapter.replace), total, bytes_out, time.time() - t0,

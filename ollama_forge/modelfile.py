@@ -513,6 +513,10 @@ def for_model(model: str | os.PathLike, *, chat_format: str | None = None, syste
     from . import formats
 
     model_path = Path(model)
+    # The caller's own values first: a bad --param or SYSTEM fails before any choice is announced.
+    user = {k: coerce_parameter(k, v, where="--param") for k, v in (params or {}).items()}
+    if system:
+        quote(system, "SYSTEM")
     if info is None:
         if model_path.is_file():
             info = read_gguf_info(model_path)
@@ -539,7 +543,6 @@ def for_model(model: str | os.PathLike, *, chat_format: str | None = None, syste
     parameters: dict[str, Any] = {}
     for k, v in det.format.parameters.items():
         parameters[k] = coerce_parameter(k, v, where=f"chat format {fmt.name}")
-    user = {k: coerce_parameter(k, v, where="--param") for k, v in (params or {}).items()}
     stops = list(fmt.stop) + [s for s in user.pop("stop", []) if s not in fmt.stop]
     parameters["stop"] = stops
     parameters["num_ctx"] = _choose_num_ctx(user.pop("num_ctx", None), train_max_length, info.context_length, sink)

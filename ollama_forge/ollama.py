@@ -122,6 +122,16 @@ def translate_errors(what: str, host: str | None = None, timeout: float | None =
     except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError, httpx.NetworkError) as e:
         raise ForgeError(f"connection to Ollama at {url} was lost during {what} ({type(e).__name__})",
                          "rerun the same command: finished uploads are kept and skipped") from None
+    except httpx.HTTPStatusError as e:  # raise_for_status() on a route the ollama client does not wrap
+        code = e.response.status_code
+        raise ForgeError(f"Ollama at {url} answered HTTP {code} to {what}",
+                         "see the Ollama server log; rerun the same command to retry" if code >= 500 else
+                         f"is {url} an Ollama server? set --host or OLLAMA_HOST to where Ollama runs") from None
+    except ValueError as e:  # JSON that does not parse, or not the shape Ollama's API has (pydantic)
+        first = " ".join(str(e).split())[:120]
+        raise ForgeError(f"Ollama at {url} sent a response forge cannot read during {what} "
+                         f"({type(e).__name__}: {first})",
+                         f"is {url} an Ollama server? set --host or OLLAMA_HOST to where Ollama runs") from None
 
 
 class Ollama:

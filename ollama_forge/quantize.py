@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ollama_forge.atomic import atomic_path
-from ollama_forge.errors import ForgeError
+from ollama_forge.errors import LOW_SPACE_BYTES, ForgeError, disk_space, free_bytes, out_of_space_error
 from ollama_forge.events import Sink, choice, emit
 
 
@@ -281,7 +281,7 @@ def quantize_gguf(inp: str | os.PathLike, out: str | os.PathLike | None = None, 
         choice("tensor type", f"{b} instead of {a} for {len(names)} tensor(s)", why, sink, "quantize")
     emit(sink, "stage", "quantize", f"{inp} -> {out} ({qtype})", log=str(log_path))
     t0 = time.perf_counter()
-    with atomic_path(out) as tmp:
+    with disk_space(out, f"the {qtype} GGUF"), atomic_path(out) as tmp:
         result = run_in_child("ollama_forge.quantize:_child_quantize",
                               {"inp": str(inp), "out": str(tmp), "ftype": QUANT_TYPES[qtype].ftype,
                                "nthread": cfg.nthread}, log_path=log_path, what=f"quantize {inp.name}",
@@ -289,6 +289,9 @@ def quantize_gguf(inp: str | os.PathLike, out: str | os.PathLike | None = None, 
         if result.get("rc") != 0 or not tmp.is_file():
             from ollama_forge.llama_child import log_tail
 
+            free = free_bytes(tmp.parent)
+            if free is not None and free < LOW_SPACE_BYTES:  # llama.cpp only logs "iostream error" for a full disk
+                raise out_of_space_error(out, f"the {qtype} GGUF (llama.cpp log: {log_path})")
             raise ForgeError(f"quantize {inp.name}: llama.cpp failed (return code {result.get('rc')}): "
                              f"{log_tail(log_path) or 'no log output'}", f"full log: {log_path}")
     seconds = time.perf_counter() - t0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from pathlib import Path
@@ -96,8 +97,10 @@ class ExportConfig:
     outtype: Literal["f16", "bf16", "f32", "q8_0"] = field("f16", help="GGUF type written by the converter")
     quant_types: list[str] = field(factory=lambda: ["Q4_K_M"], help="llama.cpp quantizations to produce "
                                    "(Q4_K_M: 0.18 ppl over F16 at 8B for 30% of its size)")
-    keep: list[str] = field(factory=lambda: ["adapter", "quantized"], help="intermediates kept: adapter, merged, "
-                            "f16, quantized")
+    keep: list[str] = field(factory=lambda: ["adapter", "quantized"], help="what the run keeps on disk: the "
+                            "adapter and quantized GGUFs always; add merged (the merged HF model: written only when "
+                            "listed, otherwise convert merges while streaming), f16 (the unquantized GGUF: a new "
+                            "quant type then needs no re-export) or checkpoints (training checkpoints)")
 
 
 @dataclasses.dataclass
@@ -117,6 +120,9 @@ class EvalConfig:
     metric: Literal["exact", "contains", "rouge_l"] = field("rouge_l", help="primary reference-match metric, fixed "
                                                             "before looking at results (exact for short fixed "
                                                             "answers; ROUGE-L for free text)")
+    compare_base: bool = field(True, help="also convert and quantize the base with the same settings and evaluate "
+                               "it beside the tuned model (costs one more GGUF conversion; gives the base side of "
+                               "the comparison and of the Arena)")
 
 
 @dataclasses.dataclass
@@ -169,6 +175,19 @@ def _unknown_key(key: str, known: list[str], where: str) -> ForgeError:
     return ForgeError(f"{where}: unknown key {key!r}", hint)
 
 
+def _float(value: Any, where: str) -> float:
+    if isinstance(value, bool):
+        raise ForgeError(f"{where}: expected a number, got {value!r}", f"set {where} to a number, e.g. 0.1 or 2e-4")
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)  # YAML reads 2e-4 as a string (YAML 1.1 wants 2.0e-4)
+        except ValueError:
+            pass
+    raise ForgeError(f"{where}: expected a number, got {value!r}", f"set {where} to a number, e.g. 0.1 or 2e-4")
+
+
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
@@ -183,7 +202,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 return _coerce(value, a, where)
             except ForgeError as e:
                 errors.append(e)
-        raise errors[0] if errors else ForgeError(f"{where}: invalid value {value!r}")
+        raise errors[0] if errors else ForgeError(f"{where}: invalid value {value!r}", "see docs/recipe.md")
     if origin is Literal:
         if value not in args:
             raise ForgeError(f"{where}: {value!r} is not one of {', '.join(map(str, args))}", "pick one of those")
@@ -192,27 +211,29 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if value is None:
             return tp()
         if not isinstance(value, dict):
-            raise ForgeError(f"{where}: expected a mapping of keys, got {type(value).__name__}")
+            raise ForgeError(f"{where}: expected a mapping of keys, got {type(value).__name__}",
+                              f"write {where} as a section of `key: value` lines (forge train --help, docs/recipe.md)")
         return _build(tp, value, where)
     if origin is list:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             value = [value]  # `train: data.jsonl` means a list of one
         if not isinstance(value, list):
-            raise ForgeError(f"{where}: expected a list, got {type(value).__name__}")
+            raise ForgeError(f"{where}: expected a list, got {type(value).__name__}", f"write {where} as [a, b] or one "
+                              "`- item` per line")
         return [_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            raise ForgeError(f"{where}: expected a mapping, got {type(value).__name__}")
+            raise ForgeError(f"{where}: expected a mapping, got {type(value).__name__}", f"write {where} as {{key: value}}")
         return dict(value)
     if tp is bool:
         if isinstance(value, bool):
             return value
         if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
             return value.lower() in ("true", "yes", "on", "1")
-        raise ForgeError(f"{where}: expected true or false, got {value!r}")
+        raise ForgeError(f"{where}: expected true or false, got {value!r}", f"set {where} to true or false")
     if tp is int:
         if isinstance(value, bool):
-            raise ForgeError(f"{where}: expected an integer, got {value!r}")
+            raise ForgeError(f"{where}: expected an integer, got {value!r}", f"set {where} to a whole number")
         if isinstance(value, int):
             return value
         if isinstance(value, float) and value.is_integer():
@@ -222,21 +243,16 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 return int(value)
             except ValueError:
                 pass
-        raise ForgeError(f"{where}: expected an integer, got {value!r}")
+        raise ForgeError(f"{where}: expected an integer, got {value!r}", f"set {where} to a whole number")
     if tp is float:
-        if isinstance(value, bool):
-            raise ForgeError(f"{where}: expected a number, got {value!r}")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)  # YAML reads 2e-4 as a string (YAML 1.1 wants 2.0e-4)
-            except ValueError:
-                pass
-        raise ForgeError(f"{where}: expected a number, got {value!r}")
+        number = _float(value, where)
+        if not math.isfinite(number):
+            raise ForgeError(f"{where}: expected a finite number, got {value!r}", f"set {where} to a number, e.g. 0.1")
+        return number
     if tp is str:
         if isinstance(value, (dict, list)) or value is None:
-            raise ForgeError(f"{where}: expected a string, got {type(value).__name__}")
+            raise ForgeError(f"{where}: expected a string, got {type(value).__name__}", f"set {where} to a plain value "
+                              "(quote it if it contains `:` or starts with `[` or `{`)")
         return str(value)
     if tp is Any:
         return value
@@ -256,7 +272,8 @@ def _build(cls, data: dict[str, Any], where: str):
 
 def from_dict(data: dict[str, Any], source: str = "recipe") -> Recipe:
     if not isinstance(data, dict):
-        raise ForgeError(f"{source}: a recipe is a YAML mapping of keys, got {type(data).__name__}")
+        raise ForgeError(f"{source}: a recipe is a YAML mapping of keys, got {type(data).__name__}",
+                         "start from recipes/ or docs/recipe.md: one `key: value` per line")
     recipe = _build(Recipe, data, "")
     validate(recipe, source)
     return recipe
@@ -301,6 +318,13 @@ def apply_overrides(recipe: Recipe, overrides: dict[str, Any], validate_after: b
         obj: Any = recipe
         parts = dotted.split(".")
         for i, part in enumerate(parts):
+            if not dataclasses.is_dataclass(obj):  # e.g. train.rank.x, or a key inside ollama.parameters
+                section = ".".join(parts[:i])
+                if isinstance(obj, dict):
+                    raise ForgeError(f"--set {dotted}: {section} is one mapping value, set as a whole",
+                                     f"e.g. --set {section}='{{{part}: VALUE}}'")
+                raise ForgeError(f"--set {dotted}: {section} is a single value, not a section with keys",
+                                 f"use --set {section}=VALUE")
             names = [f.name for f in dataclasses.fields(obj)]
             if part not in names:
                 raise _unknown_key(part, names, "--set " + ".".join(parts[: i + 1]))
@@ -310,7 +334,13 @@ def apply_overrides(recipe: Recipe, overrides: dict[str, Any], validate_after: b
                 if isinstance(value, str) and (list in kinds or dict in kinds) and value.lstrip()[:1] in ("[", "{"):
                     import yaml
 
-                    value = yaml.safe_load(value)
+                    try:
+                        value = yaml.safe_load(value)
+                    except yaml.YAMLError as e:
+                        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+                        raise ForgeError(f"--set {dotted}: {value!r} is not valid YAML ({problem})",
+                                         "write a list as [a, b] and a mapping as {key: value}, quoted for "
+                                         "the shell") from None
                 setattr(obj, part, _coerce(value, tp, dotted))
             else:
                 child = getattr(obj, part)
@@ -361,6 +391,10 @@ def validate(r: Recipe, where: str) -> None:
         (r.dpo is not None and r.dpo.beta <= 0, "dpo.beta", "must be positive", "use 0.1"),
         (r.dpo is not None and not 0 <= r.dpo.eval_split < 1, "dpo.eval_split",
          f"must be in [0, 1), got {r.dpo.eval_split if r.dpo else ''}", "use 0.1"),
+        (bool(set(r.export.keep) - {"adapter", "quantized", "merged", "f16", "checkpoints"}), "export.keep",
+         f"unknown entries {sorted(set(r.export.keep) - {'adapter', 'quantized', 'merged', 'f16', 'checkpoints'})}",
+         "use adapter, quantized, merged, f16, checkpoints"),
+        (not r.export.quant_types, "export.quant_types", "empty: nothing would be served", "use [Q4_K_M]"),
         (r.data.format == "preference", "data.format", "preference pairs are DPO data, not SFT data",
          "put them under dpo.data and give SFT data under data.train"),
     ]
@@ -391,7 +425,13 @@ def save_resolved(recipe: Recipe, run_dir: str | Path) -> Path:
     from .atomic import write_text
 
     out = Path(run_dir) / "recipe.resolved.yaml"
-    write_text(out, "# Resolved by ollama-forge: every default filled in.\n" + dump_yaml(recipe))
+    text = "# Resolved by ollama-forge: every default filled in.\n" + dump_yaml(recipe)
+    try:
+        if out.read_text(encoding="utf-8") == text:  # unchanged: no rewrite (and no new mtime) on every rerun
+            return out
+    except (FileNotFoundError, UnicodeDecodeError):
+        pass
+    write_text(out, text)
     return out
 
 

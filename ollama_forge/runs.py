@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .atomic import write_text
+from .testhooks import kill_point
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -108,6 +109,7 @@ class RunDir:
 
     def record(self, stage: str, inputs: dict[str, str], config: Any, outputs: Iterable[str | os.PathLike]) -> None:
         """Record a finished stage: call only after its outputs are in place."""
+        kill_point("manifest", f"{self.root.name}/{stage}")
         m = self.manifest()
         m.setdefault("stages", {})[stage] = {
             "inputs": inputs,
@@ -123,11 +125,25 @@ class RunDir:
         entry = self.manifest().get("stages", {}).get(stage)
         if not entry or entry["inputs"] != inputs or entry["config"] != hash_config(config):
             return False
+        dropped = set(entry.get("dropped", []))
         for rel, digest in entry["outputs"].items():
+            if rel in dropped:  # removed on purpose by the retention policy: what was made from it still stands
+                continue
             p = Path(rel) if Path(rel).is_absolute() else self.root / rel
             if not p.exists() or hash_path(p) != digest:
                 return False
         return True
+
+    def mark_dropped(self, stage: str, paths: Iterable[str | os.PathLike]) -> None:
+        """Note that outputs of a finished stage were deleted on purpose (retention policy): the stage stays current
+        and its recorded hashes stay the inputs of later stages."""
+        m = self.manifest()
+        entry = m.get("stages", {}).get(stage)
+        if not entry:
+            return
+        rels = [str(Path(p).relative_to(self.root)) if Path(p).is_relative_to(self.root) else str(p) for p in paths]
+        entry["dropped"] = sorted(set(entry.get("dropped", [])) | set(rels))
+        write_text(self.manifest_path, json.dumps(m, indent=2, sort_keys=True) + "\n")
 
     def forget(self, stage: str) -> None:
         m = self.manifest()

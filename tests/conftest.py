@@ -5,6 +5,7 @@ Keep this file to fixtures several test files share; one test file's helpers liv
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from pathlib import Path
@@ -96,3 +97,24 @@ def url(request) -> str:
     from tests.ollama_standin import testing
 
     return testing.server_url(request.param)
+
+
+@pytest.fixture
+def forge_log(caplog):
+    """caplog for the ollama_forge logger, even after a CLI test set it not to propagate (cli._setup_logging)."""
+    logger = logging.getLogger("ollama_forge")
+    old = logger.propagate
+    logger.propagate = True
+    caplog.set_level(logging.INFO, logger="ollama_forge")
+    yield caplog
+    logger.propagate = old
+
+
+@pytest.fixture(scope="session")
+def qwen2_f16_gguf(tiny_model, tmp_path_factory) -> Path:
+    """An F16 GGUF of the tiny qwen2 (chatml template), converted once per session; copy it before changing it."""
+    from ollama_forge.gguf.convert import convert_hf_to_gguf
+
+    out = tmp_path_factory.mktemp("qwen2-gguf") / "model-f16.gguf"
+    convert_hf_to_gguf(tiny_model("qwen2"), out)
+    return out

@@ -184,8 +184,9 @@ def open_backend(model: str, backend: str = "auto", *, host: str | None = None, 
         if backend == "ollama":
             raise ForgeError(f"{model} is a GGUF file, not an Ollama model",
                              f"register it first (forge push NAME --gguf {model} ...) or use --backend llamacpp")
+        b = _llamacpp(ref.value, chat_format, system, n_ctx, sink)  # a broken file fails before the choice is told
         choice("backend", "llamacpp", f"{model} is a GGUF file ({ref.reason})", sink=sink)
-        return _llamacpp(ref.value, chat_format, system, n_ctx, sink)
+        return b
     if ref.kind == "ollama" or backend == "ollama":
         if backend == "llamacpp":
             raise ForgeError(f"{model} is an Ollama model name; the in-process backend needs a GGUF file",

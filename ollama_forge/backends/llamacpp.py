@@ -104,10 +104,10 @@ class LlamaCppBackend:
         path = Path(gguf)
         if not path.is_file():
             raise ForgeError(f"{gguf}: no such GGUF file", "check the path")
+        meta = _metadata(path)  # a truncated or foreign file fails here, before any choice is announced
         threads = n_threads or default_threads()
         if n_threads is None:
             choice("n_threads", threads, f"{os.cpu_count()} CPUs; physical-core estimate", sink=sink, stage=STAGE)
-        meta = _metadata(path)
         arch = meta.get("general.architecture", "")
         trained = int(meta.get(f"{arch}.context_length", 0) or 0)
         ctx = n_ctx or (min(DEFAULT_CTX, trained) if trained else DEFAULT_CTX)
@@ -209,7 +209,12 @@ def _metadata(path: Path) -> dict[str, Any]:
     from gguf import GGUFReader, GGUFValueType
 
     out = {}
-    for name, field in GGUFReader(str(path), "r").fields.items():
+    try:
+        reader = GGUFReader(str(path), "r")
+    except Exception as e:  # truncated, or GGUF magic on something else: gguf raises ValueError/IndexError/...
+        raise ForgeError(f"{path}: cannot read GGUF metadata ({' '.join(str(e).split())[:120]})",
+                         "pass a complete .gguf file (re-create it with forge convert)") from None
+    for name, field in reader.fields.items():
         if field.types and field.types[0] != GGUFValueType.ARRAY:
             out[name] = field.contents()
     return out

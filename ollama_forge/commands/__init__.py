@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str | None, str, int]] = {
     "models": ("ollama_forge.commands.models", "list Ollama models made by forge, with lineage", 7),
     "eval": ("ollama_forge.commands.eval", "evaluate models on held-out prompts; fidelity gate over every export hop",
              8),
-    "run": (None, "run the whole chain from a recipe, cached and resumable", 9),
+    "run": ("ollama_forge.commands.run", "run the whole chain from a recipe, cached and resumable", 9),
     "demo": ("ollama_forge.commands.demo", "offline demo of the whole chain on a tiny model (CPU)", 9),
     "tui": (None, "open the terminal UI", 10),
 }

@@ -64,12 +64,16 @@ def run(args: argparse.Namespace) -> int:
         for p in data.problems:
             print(p)
     if invalid and not args.skip_invalid:
-        print(f"forge data check: {invalid} invalid record(s); fix them or pass --skip-invalid", file=sys.stderr)
+        more = f" (and {invalid - 1} more, listed above)" if invalid > 1 else ""
+        print(f"forge data check: error: {data.problems[0]}{more}: fix the record(s) or pass --skip-invalid",
+              file=sys.stderr)
         return 2
     if invalid:
         print(f"skipping {invalid} invalid record(s)", file=sys.stderr)
     if args.output:
-        with atomic_open(args.output) as f:
+        from ..errors import disk_space
+
+        with disk_space(args.output, "the records"), atomic_open(args.output) as f:
             for rec in data.records:
                 f.write(json.dumps(rec, ensure_ascii=False) + "\n")
         print(f"wrote {len(data.records)} records to {args.output}")

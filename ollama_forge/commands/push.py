@@ -103,6 +103,9 @@ def run(args: argparse.Namespace) -> int:
     if args.run_dir is None and args.gguf is None and args.modelfile is None:
         raise ForgeError("forge push needs something to register",
                          f"forge push {args.name} RUN_DIR, or forge push {args.name} --gguf FILE [--modelfile FILE]")
+    from ..ollama_names import parse as parse_name
+
+    parse_name(args.name)  # an invalid name fails before anything is written (spec_from may write a Modelfile)
     spec = spec_from(args.run_dir, args.gguf, args.modelfile, chat_format=args.chat_format, system=args.system,
                      sink=printer)
     result = push(args.name, spec, host=args.host, force=args.force, timeout=timeout, sink=printer)

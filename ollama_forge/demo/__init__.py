@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import ForgeError
-from ..events import Sink, choice, emit
+from ..events import Sink
+from ..pipeline import StageRecord, human
 
 STAGE = "demo"
 DEFAULT_OUT = "runs/demo"
@@ -52,20 +53,6 @@ def default_recipe() -> Path:
 
 
 @dataclasses.dataclass
-class StageRecord:
-    name: str
-    seconds: float
-    status: str  # "ran" | "cached" | "skipped"
-    note: str = ""
-    artifacts: list[Path] = dataclasses.field(default_factory=list)
-    cpu_seconds: float = 0.0  # this process's CPU time (all threads; llama.cpp's quantizer child not counted)
-
-    @property
-    def bytes(self) -> int:
-        return sum(_disk(p) for p in self.artifacts)
-
-
-@dataclasses.dataclass
 class DemoReport:
     run_dir: Path
     base_model: Path
@@ -76,6 +63,7 @@ class DemoReport:
     push_note: str = ""
     gate_passed: bool | None = None
     seconds: float = 0.0
+    retention: list = dataclasses.field(default_factory=list)
 
     def stage(self, name: str) -> StageRecord:
         return next(s for s in self.stages if s.name == name)
@@ -107,111 +95,17 @@ class DemoReport:
                             "bytes": s.bytes, "artifacts": [str(p) for p in s.artifacts]} for s in self.stages]}
 
 
-def _disk(path: Path) -> int:
-    """Bytes on disk of a file or a directory's files (hard links counted once)."""
-    if path.is_file():
-        return path.stat().st_blocks * 512
-    seen: set[tuple[int, int]] = set()
-    total = 0
-    for f in path.rglob("*") if path.is_dir() else []:
-        st = f.stat()
-        if f.is_file() and (st.st_dev, st.st_ino) not in seen:
-            seen.add((st.st_dev, st.st_ino))
-            total += st.st_blocks * 512
-    return total
-
-
-class _Runner:
-    """Times stages, emits one line each, and keeps their records."""
-
-    def __init__(self, sink: Sink | None, total: int):
-        self.sink = sink
-        self.total = total
-        self.records: list[StageRecord] = []
-
-    def run(self, name: str, fn: Callable[[], tuple[str, str, list[Path]]]) -> StageRecord:
-        i = len(self.records) + 1
-        emit(self.sink, "stage", STAGE, f"[{i}/{self.total}] {name}", demo_stage=name)
-        t0, c0 = time.perf_counter(), time.process_time()
-        status, note, artifacts = fn()
-        rec = StageRecord(name, time.perf_counter() - t0, status, note, [Path(a) for a in artifacts],
-                          time.process_time() - c0)
-        self.records.append(rec)
-        size = f", {_human(rec.bytes)} on disk" if rec.artifacts else ""
-        emit(self.sink, "log", STAGE, f"[{i}/{self.total}] {name}: {status} in {rec.seconds:.1f}s{size}"
-                                      + (f" - {note}" if note else ""), demo_stage=name, status=status,
-             seconds=rec.seconds, bytes=rec.bytes)
-        return rec
-
-
-def _human(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} GB"  # pragma: no cover
-
-
 def load_recipe(recipe_path: str | os.PathLike | None, out_dir: Path, overrides: dict[str, Any] | None = None):
-    """The demo recipe with run_dir and data paths filled in (data paths are relative to the folder that holds
-    recipes/, so the demo runs from any working directory). An empty base_model means the demo base model."""
-    from .. import recipe as R
+    """The demo recipe with run_dir and data paths filled in (see ``pipeline.load_recipe``). An empty base_model means
+    the demo base model."""
+    from ..pipeline import load_recipe as load_run_recipe
 
     path = Path(recipe_path) if recipe_path else default_recipe()
-    rec = R.load(path, overrides)
-    here = path.resolve().parent
-    # Relative data paths: from the working directory (as forge train reads them), else from the folder holding
-    # recipes/ (shipped recipes), else from the recipe's own folder.
-    roots = [Path.cwd()] + [p.parent for p in (here, *here.parents) if p.name == "recipes"][:1] + [here]
-
-    def absolute(p: str) -> str:
-        q = Path(p).expanduser()
-        if q.is_absolute():
-            return str(q)
-        found = next((r / q for r in roots if (r / q).exists()), roots[1] / q if len(roots) > 2 else here / q)
-        return str(found.resolve())
-
-    rec.run_dir = str(out_dir)
-    rec.data.train = [absolute(p) for p in rec.data.train]
-    if rec.data.eval:
-        rec.data.eval = [absolute(p) for p in rec.data.eval]
-    if rec.dpo is not None:
-        rec.dpo.data = [absolute(p) for p in rec.dpo.data]
-    if rec.eval.prompts:
-        rec.eval.prompts = absolute(rec.eval.prompts)
+    rec = load_run_recipe(path, overrides, run_dir=out_dir)
     if not rec.eval.prompts:
         raise ForgeError(f"{path}: eval.prompts is not set", "the demo compares base and tuned on held-out prompts: "
                          "give them under eval.prompts")
-    R.validate(rec, str(path))
     return rec
-
-
-def _train_stage(fn, recipe, run_dir: Path, sink: Sink | None, ckpt: Path) -> tuple[str, str, list[Path]]:
-    """Run a training stage; its own manifest check skips it when current. Checkpoints of an earlier demo run with
-    other settings are discarded (the stage takes a minute; the demo never asks the user to --resume)."""
-    try:
-        result = fn(recipe, run_dir, sink=sink)
-    except ForgeError as e:
-        if not e.message.startswith(str(ckpt)):
-            raise
-        choice("restart", ckpt.name, "checkpoints of an earlier demo run with other inputs or settings: starting "
-               "over", sink, STAGE)
-        result = fn(recipe, run_dir, sink=sink, force=True)
-    if result.skipped:
-        return "cached", "inputs unchanged", [result.adapter]
-    loss = f"loss {result.first_loss:.3f} -> {result.last_loss:.3f}" if result.first_loss is not None and \
-        result.last_loss is not None else ""
-    return "ran", f"{result.steps} steps, {loss}".rstrip(", "), [result.adapter]
-
-
-def _cached_step(run, stage: str, inputs: dict[str, str], config: Any, outputs: list[Path],
-                 work: Callable[[], str]) -> tuple[str, str, list[Path]]:
-    """Skip ``work`` when the manifest says the stage is current; else do it and record it."""
-    if run.is_current(stage, inputs, config):
-        return "cached", "inputs unchanged", outputs
-    note = work()
-    run.record(stage, inputs, config, outputs)
-    return "ran", note, outputs
 
 
 def run_demo(out_dir: str | os.PathLike = DEFAULT_OUT, sink: Sink | None = None, *,
@@ -224,20 +118,19 @@ def run_demo(out_dir: str | os.PathLike = DEFAULT_OUT, sink: Sink | None = None,
     tests; ``cache_dir`` replaces the base model cache; ``push=False`` never contacts Ollama; ``gate=False`` skips
     the fidelity gate.
     """
-    from ..runs import RunDir, hash_path
+    from ..pipeline import STAGES, Runner, run_pipeline
     from . import base as base_mod
 
     t_start = time.perf_counter()
     out = Path(out_dir).expanduser().resolve()
-    run = RunDir(out).ensure()
-    stages = ["base", "data", "sft", "dpo", "merge", "convert", "quantize", "modelfile"] + \
-        (["gate"] if gate else []) + ["push", "eval"]
-    runner = _Runner(sink, len(stages))
+    runner = Runner(sink, ["base", *STAGES])
     holder: dict[str, Any] = {}
-
     recipe = load_recipe(recipe_path, out, overrides)
+    if recipe.dpo is None:
+        raise ForgeError("demo recipe: no dpo section", "the demo walks a DPO round: add dpo.data")
+    if not recipe.eval.compare_base:
+        raise ForgeError("demo recipe: eval.compare_base is false", "the demo compares base and tuned: set it true")
 
-    # 1. base -----------------------------------------------------------------------------------------------
     def do_base():
         if recipe.base_model:  # a recipe for a real model: the same chain and comparison on its base
             from ..merge import local_model_dir
@@ -255,211 +148,11 @@ def run_demo(out_dir: str | os.PathLike = DEFAULT_OUT, sink: Sink | None = None,
         return ("ran" if b.built else "cached"), note if b.built else f"{note} (built before)", [b.path]
 
     runner.run("base", do_base)
-    base_dir: Path = holder["base"]
-    if recipe.dpo is None:
-        raise ForgeError("demo recipe: no dpo section", "the demo walks a DPO round: add dpo.data")
-
-    # 2. data -----------------------------------------------------------------------------------------------
-    def do_data():
-        from ..data import load_data
-
-        sft = load_data(recipe.data.train)
-        pairs = load_data(recipe.dpo.data, fmt="preference")
-        for d in (sft, pairs):
-            d.raise_if_invalid()
-        splits_file = Path(recipe.data.train[0]).parent / "splits.json"
-        splits = json.loads(splits_file.read_text()) if splits_file.is_file() else {}
-        used = splits.get("modules_used", {})
-        note = (f"{len(sft.records)} SFT examples, {len(pairs.records)} DPO pairs"
-                + (f" from {len(used.get('train', []))} training modules; held-out prompts from "
-                   f"{len(used.get('heldout', []))} other modules" if used else ""))
-        return "ran", note, [Path(p) for p in recipe.data.train + recipe.dpo.data + [recipe.eval.prompts]]
-
-    runner.run("data", do_data)
-
-    # 3-4. training -----------------------------------------------------------------------------------------
-    from ..train import train_dpo, train_sft
-
-    runner.run("sft", lambda: _train_stage(train_sft, recipe, out, sink, run.checkpoints / "sft"))
-    runner.run("dpo", lambda: _train_stage(train_dpo, recipe, out, sink, run.checkpoints / "dpo"))
-
-    from ..backends.transformers import adapter_meta
-
-    # The system prompt training actually used (the recipe's, or the detected template's default): the Modelfile and
-    # both models in the eval get the same one, so base and tuned see identical prompts.
-    meta = adapter_meta(run.adapter)
-    trained_system = meta.get("system_prompt") or ""
-
-    # 5. merge ----------------------------------------------------------------------------------------------
-    def do_merge():
-        def work() -> str:
-            from ..merge import merge_adapter
-
-            r = merge_adapter(run.adapter, base_dir, run.merged, quantized_base=meta.get("method") == "qlora",
-                              sink=sink)
-            return f"{r.merged_modules} LoRA modules merged"
-
-        return _cached_step(run, "merge", {"adapter": hash_path(run.adapter), "base": hash_path(base_dir)},
-                            {"out_dtype": None}, [run.merged], work)
-
-    runner.run("merge", do_merge)
-
-    # 6. convert: the tuned model and the base, with the same converter and settings ---------------------------
-    base_run = RunDir(out / "base").ensure()
-    outtype = recipe.export.outtype
-
-    def do_convert():
-        from ..gguf.convert import ConvertConfig, convert_hf_to_gguf
-
-        notes = []
-        outs = []
-        for name, src, r in (("tuned", run.merged, run), ("base", base_dir, base_run)):
-            dst = r.gguf(outtype)
-            status, _note, _ = _cached_step(
-                r, "convert", {"model": hash_path(src)}, {"outtype": outtype}, [dst],
-                lambda: str(convert_hf_to_gguf(src, dst, ConvertConfig(outtype=outtype), sink=sink).bytes_out))
-            notes.append(f"{name} {status}")
-            outs.append(dst)
-        return ("cached" if all(n.endswith("cached") for n in notes) else "ran"), f"{outtype}: " + ", ".join(notes), \
-            outs
-
-    runner.run("convert", do_convert)
-
-    # 7. quantize -------------------------------------------------------------------------------------------
-    qtype = (recipe.export.quant_types or ["Q4_K_M"])[0]
-
-    def do_quantize():
-        from ..quantize import QuantizeConfig, quantize_gguf
-
-        notes, outs = [], []
-        for name, r in (("tuned", run), ("base", base_run)):
-            src, dst = r.gguf(outtype), r.gguf(qtype)
-
-            def work(src=src, dst=dst) -> str:
-                rep = quantize_gguf(src, dst, QuantizeConfig(type=qtype), sink=sink)
-                return f"{len(rep.fallbacks)} fallback group(s)"
-
-            status, _n, _ = _cached_step(r, "quantize", {"gguf": hash_path(src)}, {"type": qtype}, [dst], work)
-            notes.append(f"{name} {status}")
-            outs.append(dst)
-        return ("cached" if all(n.endswith("cached") for n in notes) else "ran"), f"{qtype}: " + ", ".join(notes), \
-            outs
-
-    runner.run("quantize", do_quantize)
-    tuned_gguf, base_gguf = run.gguf(qtype), base_run.gguf(qtype)
-
-    # 8. Modelfile (and one for the base, so both can be served the same way) --------------------------------
-    def do_modelfile():
-        from ..modelfile import for_model
-
-        outs, changed = [], False
-        for r, gguf in ((run, tuned_gguf), (base_run, base_gguf)):
-            mf, _det = for_model(gguf, chat_format=recipe.chat_format, system=recipe.ollama.system,
-                                 training_system=trained_system,
-                                 train_max_length=recipe.train.max_length, params=recipe.ollama.parameters or None,
-                                 modelfile_dir=r.root, sink=sink)
-            text = mf.render()
-            if not r.modelfile.is_file() or r.modelfile.read_text(encoding="utf-8") != text:
-                mf.write(r.modelfile)
-                changed = True
-            outs.append(r.modelfile)
-        return ("ran" if changed else "cached"), f"TEMPLATE and stops of {recipe.chat_format}" + \
-            ("" if changed else " (unchanged)"), outs
-
-    runner.run("modelfile", do_modelfile)
-
-    # 9. fidelity gate ----------------------------------------------------------------------------------------
-    gate_passed = None
-    if gate:
-        def do_gate():
-            nonlocal gate_passed
-            gate_dir = out / "gate"
-            inputs = {p.name: hash_path(p) for p in (run.adapter, run.merged, run.gguf(outtype), tuned_gguf,
-                                                     run.modelfile)}
-
-            def work() -> str:
-                from ..evaluate.fidelity import gate_for_run, write_gate_report
-
-                rep = gate_for_run(out, sink=sink)
-                write_gate_report(rep, gate_dir)
-                return ""
-
-            status, note, outs = _cached_step(run, "gate", inputs, {"gate": dataclasses.asdict(recipe.gate)},
-                                              [gate_dir / "fidelity.json"], work)
-            rep = json.loads((gate_dir / "fidelity.json").read_text())
-            gate_passed = bool(rep["passed"])
-            hops = ", ".join(f"{h['name']} {100 * h['top1']:.0f}%" for h in rep["hops"]
-                             if h.get("top1") is not None)
-            return status, f"{'PASSED' if gate_passed else 'FAILED'} (top-1 agreement: {hops})", outs
-
-        runner.run("gate", do_gate)
-
-    # 10. push --------------------------------------------------------------------------------------------------
-    pushed, push_note = None, ""
-    name = recipe.ollama.model or "forge-demo:latest"
-    host = host or recipe.ollama.host
-
-    def do_push():
-        nonlocal pushed, push_note
-        if not push:
-            push_note = f"not asked to push; later: forge push {name} {out}"
-            return "skipped", push_note, []
-        from ..ollama import Ollama, base_url, push as push_model, spec_from
-
-        with Ollama(host, timeout=3.0) as conn:
-            answers = conn.answers()
-        if not answers:
-            push_note = (f"Ollama does not answer at {base_url(host)}; once it runs: forge push {name} {out}  "
-                         f"(or: ollama create {name} -f {run.modelfile})")
-            return "skipped", push_note, []
-        try:
-            res = push_model(name, spec_from(out, sink=sink), host=host, sink=sink)
-        except ForgeError as e:
-            push_note = f"push failed: {e.one_line()}"
-            return "skipped", push_note, []
-        pushed = res.name
-        push_note = f"{res.name} at {res.host} ({'created' if res.created else 'already current'})"
-        return ("ran" if res.created else "cached"), push_note, []
-
-    runner.run("push", do_push)
-
-    # 11. eval: base vs tuned on held-out prompts ----------------------------------------------------------------
-    eval_dir = out / "eval"
-
-    def do_eval():
-        from ..evaluate.prompts import run_prompts
-
-        inputs = {"base": hash_path(base_gguf), "tuned": hash_path(tuned_gguf),
-                  "prompts": hash_path(recipe.eval.prompts)}
-        config = {"limit": recipe.eval.limit, "max_new_tokens": recipe.eval.max_new_tokens,
-                  "metric": recipe.eval.metric, "chat_format": recipe.chat_format, "system": trained_system}
-
-        def work() -> str:
-            from ..evaluate import write_reports
-            from ..evaluate.models import ModelSpec
-            from ..evaluate.runner import run_eval
-
-            rp = run_prompts(out, recipe.eval.limit)
-            specs = [ModelSpec(str(base_gguf), "gguf", str(base_gguf), label="base"),
-                     ModelSpec(str(tuned_gguf), "gguf", str(tuned_gguf), label="tuned")]
-            report = run_eval(specs, rp.prompts, max_new_tokens=recipe.eval.max_new_tokens,
-                              metric=recipe.eval.metric, chat_format=recipe.chat_format, system=trained_system,
-                              source=rp.source, overlap=rp.overlap, run_dir=str(out), sink=sink)
-            from ..evaluate.runner import loss_curves
-
-            report.loss_curves = loss_curves(out)
-            write_reports(report, eval_dir)
-            return ""
-
-        status, _note, outs = _cached_step(run, "eval", inputs, config, [eval_dir / "eval.json"], work)
-        ev = json.loads((eval_dir / "eval.json").read_text())
-        holder["eval"] = ev
-        return status, f"n={ev['n']}, overlap with training prompts: {ev.get('overlap_with_training')}", \
-            [eval_dir]
-
-    runner.run("eval", do_eval)
-    return DemoReport(out, base_dir, runner.records, holder["eval"], recipe.eval.metric, pushed, push_note,
-                      gate_passed, time.perf_counter() - t_start)
+    rep = run_pipeline(recipe, out, sink, push=push, host=host, gate=gate, base_dir=holder["base"], runner=runner)
+    if rep.eval is None:
+        raise ForgeError(f"{out}: the demo ended before its eval ({rep.stopped or 'stopped'})", "run it again")
+    return DemoReport(out, holder["base"], runner.records, rep.eval, recipe.eval.metric, rep.pushed, rep.push_note,
+                      rep.gate_passed, time.perf_counter() - t_start, rep.retention)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -528,7 +221,7 @@ def stage_table(report: DemoReport) -> str:
     body = []
     for s in report.stages:
         art = ", ".join(_short(p, report.run_dir) for p in s.artifacts[:2]) + (" ..." if len(s.artifacts) > 2 else "")
-        body.append([s.name, f"{s.seconds:.1f}s", s.status, _human(s.bytes) if s.artifacts else "-", art])
+        body.append([s.name, f"{s.seconds:.1f}s", s.status, human(s.bytes) if s.artifacts else "-", art])
     widths = [max(len(r[k]) for r in [head] + body) for k in range(len(head))]
     fmt = lambda r: "  ".join(c.ljust(w) if k in (0, 2, 4) else c.rjust(w) for k, (c, w) in  # noqa: E731
                               enumerate(zip(r, widths))).rstrip()

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from ollama_forge.atomic import atomic_path
-from ollama_forge.errors import ForgeError
+from ollama_forge.errors import ForgeError, disk_space
 from ollama_forge.events import Sink, choice, emit
 from ollama_forge.gguf import archs
 from ollama_forge.gguf.vocab import Vocab, read_vocab
@@ -763,7 +763,7 @@ def convert_hf_to_gguf(model_dir: str | os.PathLike, output: str | os.PathLike, 
     pool = ThreadPoolExecutor(max_workers=workers)
     ctx = Ctx(hf_config, arch, pool, workers, dict(tensor_override or {}))
     try:
-        with atomic_path(output) as tmp:
+        with disk_space(output, "the GGUF"), atomic_path(output) as tmp:
             w = writer_class()(tmp, arch.gguf_arch)
             _write_kv(w, arch, hf_config, hparams, vocab, name, cfg.outtype, model_dir, n_params)
             for p in planned:

@@ -21,7 +21,7 @@ import shutil
 import signal
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from ..events import Sink, emit
 
@@ -125,6 +125,9 @@ def commit_checkpoint(staged: Path, root: Path, step: int, keep: int) -> Path:
     final = root / f"step-{step}"
     (staged / COMPLETE).write_text(json.dumps({"step": step, "time": time.time()}) + "\n")
     _fsync_tree(staged)
+    from ..testhooks import kill_point
+
+    kill_point("rename", f"{root.name}/{final.name}")
     if final.exists():
         shutil.rmtree(final)
     os.replace(staged, final)
@@ -193,8 +196,22 @@ def read_metrics(path: Path, stage: Optional[str] = None) -> list[dict[str, Any]
 # Callbacks (built lazily: transformers is heavy)
 
 
+class AlreadyTrained(Exception):
+    """Raised inside ``trainer.train`` when a resumed run has no step left (see ForgeCallback.on_step_begin)."""
+
+
+def run_training(trainer, resume_from) -> Any:
+    """``trainer.train``, resuming from ``resume_from``; None when that checkpoint already was the last step."""
+    try:
+        return trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    except AlreadyTrained:
+        return None
+
+
 def make_callbacks(stage: str, metrics_path: Path, ckpt_root: Path, keep: int, sink: Sink | None,
-                   total_steps_hint: Optional[int] = None) -> list:
+                   total_steps_hint: Optional[int] = None, should_stop: Optional[Callable[[], bool]] = None) -> list:
+    """The callbacks of one training stage. ``should_stop`` (polled after every optimizer step) asks for a stop: the
+    step's checkpoint is saved and training ends early with ``callbacks[0].stopped`` set."""
     from transformers import TrainerCallback
 
     class ForgeCallback(TrainerCallback):
@@ -213,6 +230,7 @@ def make_callbacks(stage: str, metrics_path: Path, ckpt_root: Path, keep: int, s
             self.cpu_start = time.process_time()
             self.cpu_seconds: Optional[float] = None
             self.step_rates: list[float] = []
+            self.stopped = False
 
         def on_train_begin(self, args, state, control, **kw):
             self.cpu_start = time.process_time()  # CPU seconds: a throughput measure other processes cannot skew
@@ -228,6 +246,11 @@ def make_callbacks(stage: str, metrics_path: Path, ckpt_root: Path, keep: int, s
             self.cpu_seconds = time.process_time() - self.cpu_start
 
         def on_step_begin(self, args, state, control, **kw):
+            if state.max_steps > 0 and state.global_step >= state.max_steps:
+                # Resumed from the last checkpoint of a run killed before it saved its adapter: transformers would
+                # train one step past max_steps (measured: a step-7 checkpoint of a 6-step run). Nothing is left
+                # to train; the caller saves the weights the checkpoint restored.
+                raise AlreadyTrained(state.global_step)
             self.step_t0, self.step_tokens0 = time.perf_counter(), state.num_input_tokens_seen
 
         def median_step_rate(self) -> Optional[float]:
@@ -251,6 +274,10 @@ def make_callbacks(stage: str, metrics_path: Path, ckpt_root: Path, keep: int, s
                 emit(sink, "progress", stage, "", step=state.global_step, total=state.max_steps, eta_s=eta,
                      loss=self.last.get("loss"))
             _kill_hook("step", state.global_step)
+            if should_stop is not None and state.global_step < state.max_steps and should_stop():
+                control.should_save = True
+                control.should_training_stop = True
+                self.stopped = True
 
         def on_log(self, args, state, control, logs=None, **kw):
             logs = dict(logs or {})

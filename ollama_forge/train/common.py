@@ -153,9 +153,25 @@ def resolve_base(recipe) -> str:
     return ref.value
 
 
+_REMOTE_CODE_WARNED: set[str] = set()
+
+
+def warn_remote_code(recipe, name: str, sink: Sink | None = None) -> None:
+    """Say loudly, once per model, that the recipe lets the model's own Python code run (it is off by default)."""
+    if not recipe.trust_remote_code:
+        return
+    msg = (f"trust_remote_code is ON (set in the recipe): loading {name} may run Python code shipped with the "
+           "model, with your permissions; only keep it on for a model whose code you have read or trust")
+    if name not in _REMOTE_CODE_WARNED:
+        _REMOTE_CODE_WARNED.add(name)
+        log.warning("WARNING: %s", msg)
+    emit(sink, "log", "train", msg, level="warning", remote_code=True)
+
+
 def load_tokenizer(recipe, name: str):
     from transformers import AutoTokenizer
 
+    warn_remote_code(recipe, name)
     with hub_errors(name):
         tok = AutoTokenizer.from_pretrained(name, revision=recipe.revision, trust_remote_code=recipe.trust_remote_code)
     return tok
@@ -163,6 +179,8 @@ def load_tokenizer(recipe, name: str):
 
 def load_model(recipe, name: str, plan: DevicePlan, sink: Sink | None = None):
     from transformers import AutoModelForCausalLM
+
+    warn_remote_code(recipe, name, sink)
 
     kw: dict[str, Any] = {"dtype": plan.torch_dtype, "revision": recipe.revision,
                           "trust_remote_code": recipe.trust_remote_code}
@@ -257,12 +275,21 @@ def setup_reporting(report_to: list[str], logs_dir: Path, stage: str) -> None:
 
 
 @contextlib.contextmanager
-def training_errors(plan: DevicePlan, t) -> Iterator[None]:
+def training_errors(plan: DevicePlan, t, staging: Optional[Path] = None) -> Iterator[None]:
+    """Failures during training as one ForgeError line. ``staging``: the checkpoint staging folder, whose
+    uncommitted contents are removed on failure (a full disk gets its space back; a rerun discards it anyway)."""
     try:
         yield
     except ForgeError:
         raise
     except Exception as e:
+        if staging is not None and is_main_process():
+            from ..errors import is_out_of_space, out_of_space_error
+
+            full = is_out_of_space(e, staging)  # decided before removing the staging folder frees the space
+            shutil.rmtree(staging, ignore_errors=True)
+            if full:
+                raise out_of_space_error(staging.parent, "a training checkpoint") from None
         text = str(e)
         oom = type(e).__name__ in ("OutOfMemoryError",) or "out of memory" in text.lower() \
             or "MPS backend out of memory" in text
@@ -273,6 +300,16 @@ def training_errors(plan: DevicePlan, t) -> Iterator[None]:
                              f"lower train.batch_size and raise train.grad_accum to keep the effective batch, "
                              f"lower train.max_length{gc}{q}") from None
         raise
+
+
+def _sort_target_modules(adapter_dir: Path) -> None:
+    """PEFT writes target_modules from a set, in an order that changes from process to process: sort it, so the same
+    training gives the same bytes (the kill-and-rerun tests compare adapters byte for byte)."""
+    for cfg in adapter_dir.rglob("adapter_config.json"):
+        data = json.loads(cfg.read_text())
+        if isinstance(data.get("target_modules"), list):
+            data["target_modules"] = sorted(data["target_modules"])
+            cfg.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def save_adapter(trainer, final: Path, meta: dict[str, Any], adapter_names: Optional[list[str]] = None) -> Path:
@@ -293,6 +330,10 @@ def save_adapter(trainer, final: Path, meta: dict[str, Any], adapter_names: Opti
                 if sub.is_dir() and sub.name not in adapter_names:
                     shutil.rmtree(sub)
         (tmp / META).write_text(json.dumps(meta, indent=2, default=str) + "\n")
+        _sort_target_modules(tmp)
+        from ..testhooks import kill_point
+
+        kill_point("rename", f"{final.parent.name}/{final.name}")
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

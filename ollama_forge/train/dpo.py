@@ -24,6 +24,7 @@ from ..errors import ForgeError
 from ..events import Sink, choice, emit
 from ..runs import RunDir, hash_config
 from .callbacks import (
+    run_training,
     barrier, init_distributed, install_test_hooks, is_main_process, make_callbacks, mark_finished,
     prepare_checkpoints, read_metrics, trim_metrics,
 )
@@ -79,7 +80,7 @@ def load_pairs(paths: list[str], where: str, skip_invalid: bool, sink: Sink | No
 
 
 def train_dpo(recipe, run_dir: str | os.PathLike, sink: Sink | None = None, resume: bool = False,
-              force: bool = False, probe=None, sft_adapter: Optional[str | os.PathLike] = None) -> TrainResult:
+              force: bool = False, probe=None, should_stop=None, sft_adapter: Optional[str | os.PathLike] = None) -> TrainResult:
     from datasets import Dataset
 
     from . import device as device_mod
@@ -96,6 +97,8 @@ def train_dpo(recipe, run_dir: str | os.PathLike, sink: Sink | None = None, resu
                          "or give the run directory that holds adapter-sft/")
     meta = json.loads((sft / META).read_text()) if (sft / META).is_file() else {}
     inputs = fingerprint_paths([str(sft)] + list(d.data) + list(d.eval or []))
+    if sft == run.sft_adapter:  # the run's own SFT adapter: keyed by role, so a moved run directory stays current
+        inputs["adapter-sft"] = inputs.pop(str(sft))
     cfg_hash = hash_config({"dpo": dict(vars(d)), "seed": t.seed, "max_length": d.max_length or t.max_length})
     if not force and not resume and run.is_current("train-dpo", inputs, cfg_hash) and run.adapter.is_dir():
         emit(sink, "stage", STAGE, f"dpo: {run.adapter} is current (same pairs and settings): skipping")
@@ -164,17 +167,24 @@ def train_dpo(recipe, run_dir: str | os.PathLike, sink: Sink | None = None, resu
     train_ds = Dataset.from_list(pairs)
     eval_ds = Dataset.from_list(ev_pairs) if ev_pairs else None
     setup_reporting(t.report_to, run.logs, STAGE)
-    callbacks = make_callbacks(STAGE, run.metrics, ckpt_root, KEEP_CHECKPOINTS, sink)
+    callbacks = make_callbacks(STAGE, run.metrics, ckpt_root, KEEP_CHECKPOINTS, sink, should_stop=should_stop)
     trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                          processing_class=tok, callbacks=callbacks)
     quiet_trainer(trainer)
     install_test_hooks(trainer)
     started = time.time()
-    with training_errors(plan, t):
-        out = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    with training_errors(plan, t, staging=ckpt_root / ".staging"):
+        out = run_training(trainer, resume_from)
+    if callbacks[0].stopped:
+        from ..errors import Stopped
+
+        raise Stopped(f"dpo: stopped at step {trainer.state.global_step} of {trainer.state.max_steps}; "
+                      f"checkpoint saved in {ckpt_root}", "run again to resume from it")
     seconds = time.time() - started
+    # The run's own SFT adapter is named relative to the run, so a moved run directory holds the same bytes.
+    reference = sft.name if sft.resolve() == run.sft_adapter.resolve() else str(sft)
     new_meta = {**meta, "stage": STAGE, "dpo": {"beta": d.beta, "steps": trainer.state.global_step,
-                                                 "learning_rate": d.learning_rate, "reference": str(sft)}}
+                                                 "learning_rate": d.learning_rate, "reference": reference}}
     save_adapter(trainer, run.adapter, new_meta, adapter_names=["default"])
     rows = read_metrics(run.metrics, STAGE) if main else []
     evals = [r for r in rows if "eval_loss" in r]

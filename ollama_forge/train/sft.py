@@ -19,6 +19,7 @@ from typing import Any, Optional
 from ..events import Sink, choice, emit
 from ..runs import RunDir, hash_config
 from .callbacks import (
+    run_training,
     barrier, init_distributed, install_test_hooks, is_main_process, make_callbacks, mark_finished,
     prepare_checkpoints, read_metrics, trim_metrics,
 )
@@ -130,7 +131,7 @@ def to_dataset(enc):
 
 
 def train_sft(recipe, run_dir: str | os.PathLike, sink: Sink | None = None, resume: bool = False,
-              force: bool = False, probe=None) -> TrainResult:
+              force: bool = False, probe=None, should_stop=None) -> TrainResult:
     """Train the SFT LoRA adapter of ``recipe`` into ``run_dir``; see the module docstring."""
     from . import device as device_mod
 
@@ -188,15 +189,20 @@ def train_sft(recipe, run_dir: str | os.PathLike, sink: Sink | None = None, resu
     train_ds = to_dataset(prep.train)
     eval_ds = to_dataset(prep.eval) if prep.eval is not None else None
     setup_reporting(t.report_to, run.logs, STAGE)
-    callbacks = make_callbacks(STAGE, run.metrics, ckpt_root, KEEP_CHECKPOINTS, sink)
+    callbacks = make_callbacks(STAGE, run.metrics, ckpt_root, KEEP_CHECKPOINTS, sink, should_stop=should_stop)
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                          processing_class=prep.tokenizer, peft_config=peft_cfg, callbacks=callbacks)
     quiet_trainer(trainer)
     install_test_hooks(trainer)
     cb = callbacks[0]
     started = time.time()
-    with training_errors(plan, t):
-        out = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    with training_errors(plan, t, staging=ckpt_root / ".staging"):
+        out = run_training(trainer, resume_from)
+    if callbacks[0].stopped:
+        from ..errors import Stopped
+
+        raise Stopped(f"sft: stopped at step {trainer.state.global_step} of {trainer.state.max_steps}; "
+                      f"checkpoint saved in {ckpt_root}", "run again to resume from it")
     seconds = time.time() - started
     merged_only = bool(prep.chat.merged_export_only or grew)
     meta = {"stage": STAGE, "base_model": recipe.base_model, "revision": recipe.revision,
@@ -250,6 +256,8 @@ def _publish(src: Path, dst: Path) -> None:
 
 def _rate(trainer, out) -> Optional[float]:
     """Non-pad tokens per second of this process's training (the resumed part only, after a resume)."""
+    if out is None:  # nothing trained in this process (resumed at the last step)
+        return None
     runtime = out.metrics.get("train_runtime") or 0.0
     seen = trainer.state.num_input_tokens_seen - getattr(trainer, "_initial_num_input_tokens_seen", 0)
     return round(seen / runtime, 1) if runtime > 0 and seen > 0 else None
