@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 import json
 import re
 
@@ -14,15 +13,6 @@ from ollama_forge.cli import main
 from ollama_forge.errors import ForgeError
 from tests.gotemplate import parity
 
-@pytest.fixture
-def forge_log(caplog):
-    """caplog for the ollama_forge logger, even after a CLI test set it not to propagate (cli._setup_logging)."""
-    logger = logging.getLogger("ollama_forge")
-    old = logger.propagate
-    logger.propagate = True
-    caplog.set_level(logging.INFO, logger="ollama_forge")
-    yield caplog
-    logger.propagate = old
 
 
 # Each tiny family's own (official) template and what detection must make of it.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import pytest
@@ -13,15 +12,6 @@ from ollama_forge.cli import main
 from ollama_forge.errors import ForgeError
 from tests.gotemplate import parity
 
-@pytest.fixture
-def forge_log(caplog):
-    """caplog for the ollama_forge logger, even after a CLI test set it not to propagate (cli._setup_logging)."""
-    logger = logging.getLogger("ollama_forge")
-    old = logger.propagate
-    logger.propagate = True
-    caplog.set_level(logging.INFO, logger="ollama_forge")
-    yield caplog
-    logger.propagate = old
 
 
 # ---- parsing follows Ollama's parser (parser/parser.go) ----
