@@ -25,5 +25,5 @@ COMMANDS: dict[str, tuple[str | None, str, int]] = {
              8),
     "run": ("ollama_forge.commands.run", "run the whole chain from a recipe, cached and resumable", 9),
     "demo": ("ollama_forge.commands.demo", "offline demo of the whole chain on a tiny model (CPU)", 9),
-    "tui": (None, "open the terminal UI", 10),
+    "tui": ("ollama_forge.commands.tui", "open the terminal UI", 10),
 }
