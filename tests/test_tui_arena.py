@@ -271,6 +271,10 @@ async def one_round(pilot) -> None:
     for side in ("left", "right"):  # tokens per second vary from run to run: mask them
         pane = s.pane(side)
         pane.set_subtitle(re.sub(r"\d+ tok/s", "N tok/s", str(pane.border_subtitle)))
+    from textual.widgets import Input
+
+    for w in pilot.app.screen.query(Input):
+        w.cursor_blink = False  # a blinking cursor is drawn or not depending on when the frame is taken
     await pilot.pause(0.1)
 
 

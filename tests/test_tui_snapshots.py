@@ -40,8 +40,12 @@ def make_app(**kw):
 
 async def settle(pilot) -> None:
     """Workers done (run lists, Ollama status, previews) and the screen repainted."""
+    from textual.widgets import Input, TextArea
+
     for _ in range(3):
         await pilot.app.workers.wait_for_complete()
+        for w in [*pilot.app.screen.query(Input), *pilot.app.screen.query(TextArea)]:
+            w.cursor_blink = False  # a blinking cursor is drawn or not depending on when the frame is taken
         await pilot.pause(0.05)
 
 
@@ -76,7 +80,9 @@ def test_recipe(snap_compare, seeded, size):
     async def edit(pilot) -> None:
         screen = pilot.app.screen
         screen.set_value("train.rank", "0")
-        screen.query_one("#f-data-train").focus()
+        field = screen.query_one("#f-data-train")
+        field.cursor_blink = False  # a blinking cursor is drawn or not depending on when the frame is taken
+        field.focus()
 
     assert snap_compare(make_app(recipe_path=Path("my.yaml")), terminal_size=size, run_before=goto("2", edit))
 

@@ -71,6 +71,24 @@ class ForgeScreen(Screen):
     def nav(self) -> ComposeResult:
         yield NavBar(self.MODE)
 
+    def selected_recipe(self, need_adapter: bool = False) -> tuple[Any, Any] | None:
+        """(run directory, its resolved recipe) of the run selected on Home, or None after saying what is missing."""
+        from ...errors import ForgeError
+        from ...runlist import run_recipe
+
+        run = self.app.run_dir
+        if run is None:
+            self.notify("no run selected (Home, 1)", severity="error")
+            return None
+        if need_adapter and not (run / "adapter" / "adapter_config.json").is_file():
+            self.notify("this run has no trained adapter yet: train it first (3)", severity="error")
+            return None
+        try:
+            return run, run_recipe(run)
+        except ForgeError as e:
+            self.notify(e.one_line(), severity="error")
+            return None
+
     # --- jobs ---
     def start_job(self, name: str, work: Work) -> bool:
         """Run ``work(sink, should_stop)`` in a thread worker; False (and a notice) if ``name`` already runs."""

@@ -77,18 +77,10 @@ class EvalScreen(ForgeScreen):
         notes.update(Text("\n".join(t.notes)))
 
     def action_run_eval(self) -> None:
-        from ...errors import ForgeError
-        from ...runlist import run_recipe
-
-        run = self.app.run_dir
-        if run is None:
-            self.notify("no run selected (Home, 1)", severity="error")
+        picked = self.selected_recipe()
+        if picked is None:
             return
-        try:
-            recipe = run_recipe(run)
-        except ForgeError as e:
-            self.notify(e.one_line(), severity="error")
-            return
+        run, recipe = picked
         host = self.app.host
 
         def work(sink: Any, should_stop: Any) -> Any:

@@ -114,21 +114,10 @@ class ExportScreen(ForgeScreen):
             Text("artifacts: " + ", ".join(f"{n} {s}" for n, s in sizes) if sizes else "artifacts: none yet"))
 
     def action_start(self, force: bool = False) -> None:
-        from ...errors import ForgeError
-        from ...runlist import run_recipe
-
-        run = self.app.run_dir
-        if run is None:
-            self.notify("no run selected (Home, 1)", severity="error")
+        picked = self.selected_recipe(need_adapter=True)
+        if picked is None:
             return
-        if not (run / "adapter" / "adapter_config.json").is_file():
-            self.notify("this run has no trained adapter yet: train it first (3)", severity="error")
-            return
-        try:
-            recipe = run_recipe(run)
-        except ForgeError as e:
-            self.notify(e.one_line(), severity="error")
-            return
+        run, recipe = picked
         self.reset_board()
         host = self.app.host
 
