@@ -37,9 +37,9 @@ def run(args: argparse.Namespace) -> int:
     from ..recipe import parse_set
     from .train import ProgressPrinter, json_sink
 
-    from transformers.utils import logging as hf_logging
+    from .run import quiet_libraries
 
-    hf_logging.disable_progress_bar()  # "Loading weights" bars for a 9 MB model are noise between the stage lines
+    quiet_libraries()  # "Loading weights" bars for a 9 MB model and deprecation chatter are noise between stages
     spec = BaseSpec() if args.base_steps is None else dataclasses.replace(BaseSpec(), steps=args.base_steps)
     sink = json_sink if args.json else ProgressPrinter(sys.stderr)
     report = run_demo(args.out or DEFAULT_OUT, sink, recipe_path=args.recipe, base_spec=spec,
