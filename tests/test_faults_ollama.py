@@ -55,6 +55,12 @@ class FakeOllama(http.server.ThreadingHTTPServer):
         self.shutdown()
         self.server_close()
 
+    def __enter__(self) -> "FakeOllama":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -207,11 +213,8 @@ def test_push_ollama_down(run, forge_data, tmp_path):
 
 
 def test_push_5xx_on_every_route(run, forge_data, tmp_path):
-    fake = FakeOllama("e500")
-    try:
+    with FakeOllama("e500") as fake:
         line = one_error_line(forge(["push", name(), str(run), "--host", fake.host], tmp_path), "push")
-    finally:
-        fake.close()
     assert f"http://{fake.host}" in line and "HTTP 500" in line and "rerun" in line
     assert fake.requests == ["GET /api/version"]  # nothing sent after the first refusal
     assert_nothing_recorded(run, forge_data)
@@ -239,11 +242,8 @@ def test_push_connection_dropped_mid_upload(run, forge_data, tmp_path, standin_u
 
 
 def test_push_connection_dropped_mid_create_stream(run, forge_data, tmp_path):
-    fake = FakeOllama("create-drop")
-    try:
+    with FakeOllama("create-drop") as fake:
         line = one_error_line(forge(["push", name(), str(run), "--host", fake.host], tmp_path), "push")
-    finally:
-        fake.close()
     assert f"http://{fake.host}" in line and "lost during create" in line and "rerun" in line
     assert "POST /api/create" in fake.requests
     assert_nothing_recorded(run, forge_data)
@@ -273,31 +273,22 @@ def test_chat_ollama_down(tmp_path):
 
 
 def test_chat_5xx(tmp_path):
-    fake = FakeOllama("e500")
-    try:
+    with FakeOllama("e500") as fake:
         line = one_error_line(forge(["chat", "mine:v1", "--host", fake.host, "-p", "hi"], tmp_path), "chat")
-    finally:
-        fake.close()
     assert "llama runner process has terminated" in line and "HTTP 500" in line and "rerun" in line
 
 
 def test_chat_connection_dropped_mid_answer(tmp_path):
-    fake = FakeOllama("chat-drop")
-    try:
+    with FakeOllama("chat-drop") as fake:
         r = forge(["chat", "mine:v1", "--host", fake.host, "-p", "What is the capital of France?"], tmp_path)
-    finally:
-        fake.close()
     line = one_error_line(r, "chat")
     assert f"http://{fake.host}" in line and "lost during chat with mine:v1" in line and "rerun" in line
     assert r.stdout.startswith("Par")  # what arrived before the cut was shown
 
 
 def test_chat_garbage_mid_answer(tmp_path):
-    fake = FakeOllama("chat-garbage")
-    try:
+    with FakeOllama("chat-garbage") as fake:
         r = forge(["chat", "mine:v1", "--host", fake.host, "-p", "hi"], tmp_path)
-    finally:
-        fake.close()
     line = one_error_line(r, "chat")
     assert f"http://{fake.host}" in line and "cannot read" in line and "Ollama server" in line
 
