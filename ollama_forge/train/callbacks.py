@@ -200,12 +200,19 @@ class AlreadyTrained(Exception):
     """Raised inside ``trainer.train`` when a resumed run has no step left (see ForgeCallback.on_step_begin)."""
 
 
-def run_training(trainer, resume_from) -> Any:
-    """``trainer.train``, resuming from ``resume_from``; None when that checkpoint already was the last step."""
+def run_training(trainer, resume_from, callback, stage: str, ckpt_root: Path) -> Any:
+    """``trainer.train``, resuming from ``resume_from``; None when that checkpoint already was the last step. Raises
+    ``Stopped`` when ``callback`` (the stage's ForgeCallback) saw a stop request: its checkpoint is saved."""
     try:
-        return trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        out = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     except AlreadyTrained:
         return None
+    if callback.stopped:
+        from ..errors import Stopped
+
+        raise Stopped(f"{stage}: stopped at step {trainer.state.global_step} of {trainer.state.max_steps}; "
+                      f"checkpoint saved in {ckpt_root}", "run again to resume from it")
+    return out
 
 
 def make_callbacks(stage: str, metrics_path: Path, ckpt_root: Path, keep: int, sink: Sink | None,

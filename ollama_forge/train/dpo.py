@@ -174,12 +174,7 @@ def train_dpo(recipe, run_dir: str | os.PathLike, sink: Sink | None = None, resu
     install_test_hooks(trainer)
     started = time.time()
     with training_errors(plan, t, staging=ckpt_root / ".staging"):
-        out = run_training(trainer, resume_from)
-    if callbacks[0].stopped:
-        from ..errors import Stopped
-
-        raise Stopped(f"dpo: stopped at step {trainer.state.global_step} of {trainer.state.max_steps}; "
-                      f"checkpoint saved in {ckpt_root}", "run again to resume from it")
+        out = run_training(trainer, resume_from, callbacks[0], STAGE, ckpt_root)
     seconds = time.time() - started
     # The run's own SFT adapter is named relative to the run, so a moved run directory holds the same bytes.
     reference = sft.name if sft.resolve() == run.sft_adapter.resolve() else str(sft)

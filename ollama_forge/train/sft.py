@@ -197,12 +197,7 @@ def train_sft(recipe, run_dir: str | os.PathLike, sink: Sink | None = None, resu
     cb = callbacks[0]
     started = time.time()
     with training_errors(plan, t, staging=ckpt_root / ".staging"):
-        out = run_training(trainer, resume_from)
-    if callbacks[0].stopped:
-        from ..errors import Stopped
-
-        raise Stopped(f"sft: stopped at step {trainer.state.global_step} of {trainer.state.max_steps}; "
-                      f"checkpoint saved in {ckpt_root}", "run again to resume from it")
+        out = run_training(trainer, resume_from, callbacks[0], STAGE, ckpt_root)
     seconds = time.time() - started
     merged_only = bool(prep.chat.merged_export_only or grew)
     meta = {"stage": STAGE, "base_model": recipe.base_model, "revision": recipe.revision,
