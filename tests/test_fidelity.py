@@ -18,17 +18,6 @@ from tests import eval_chain
 N_PROMPTS = 8  # 8 prompts x ~4 answer positions; every break below moves far more than that resolves
 
 
-@pytest.fixture(autouse=True)
-def keep_log_handlers():
-    """main() points the ollama_forge logger at this test's captured stderr: put the old handlers back after."""
-    import logging
-
-    log = logging.getLogger("ollama_forge")
-    saved = (list(log.handlers), log.level, log.propagate)
-    yield
-    log.handlers[:], log.level, log.propagate = saved[0], saved[1], saved[2]
-
-
 @pytest.fixture(scope="session")
 def chain(tiny_model, tiny_model_root) -> Path:
     return eval_chain.trained_chain(tiny_model_root, tiny_model("llama-q"))

@@ -107,30 +107,11 @@ class Engine:
 
 
 def _llama(path: str, **kwargs: Any) -> Any:
-    """Load with llama.cpp's extra (repacking) buffer types off when the CPU advertises AMX: VMs that advertise it
-    without enabling it (these CI machines) die with SIGILL on AMX-repacked quantized weights. Speed only."""
-    import llama_cpp
-    import llama_cpp.llama_cpp as C
+    """Load as forge's in-process backend does: llama.cpp's repacking buffer types off when the CPU advertises AMX
+    (VMs that advertise it without enabling it die with SIGILL on AMX-repacked quantized weights). Speed only."""
+    from ollama_forge.backends.llamacpp import amx_advertised, load_llama
 
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            amx = " amx_tile" in f.read()
-    except OSError:
-        amx = False
-    if not amx:
-        return llama_cpp.Llama(model_path=path, **kwargs)
-    real = C.llama_model_default_params
-
-    def params():
-        p = real()
-        p.use_extra_bufts = False
-        return p
-
-    C.llama_model_default_params = params
-    try:
-        return llama_cpp.Llama(model_path=path, **kwargs)
-    finally:
-        C.llama_model_default_params = real
+    return load_llama(path, repack=not amx_advertised(), **kwargs)
 
 
 @dataclasses.dataclass
